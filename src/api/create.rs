@@ -1,0 +1,389 @@
+//! `create_user_session`, in its three overloads (SPEC §4 "Creating").
+//!
+//! PostgREST picks an overload by the set of argument names in the JSON body, so each
+//! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
+
+use super::args;
+use crate::db::{self, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::errors::{boundary, excerpt, ApiError, ApiResult};
+use crate::identity;
+use crate::token::{self, TokenHash};
+use crate::types::{JsonText, NewSession};
+use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use pgrx::{PgSqlErrorCode, Uuid};
+
+/// A session for the calling user, keyed by a token the client already holds.
+#[pg_extern(
+    name = "create_user_session",
+    volatile,
+    parallel_unsafe,
+    security_definer
+)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
+    boundary(|| {
+        let token = args::session_token(session_token, "session_token")?;
+        let user_id = identity::require_user()?;
+        let row = NewRow {
+            user_id,
+            session_id: None,
+            token_hash: token::hash(token),
+            data: None,
+            options: Options::defaults(),
+        };
+        let created = row.insert(|| {
+            ApiError::new(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                "session_token is already in use",
+            )
+            .detail("Another session was created with the same token.")
+            .hint("Generate a new random token for every session.")
+        })?;
+        Ok(created.id)
+    })
+}
+
+/// A session for `user_id` with a generated id and a generated 256-bit token.
+#[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
+#[pg_extern(
+    name = "create_user_session",
+    volatile,
+    parallel_unsafe,
+    security_definer
+)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_user_session_with_data(
+    user_id: Option<Uuid>,
+    session_data: Option<JsonText<'_>>,
+    ttl: default!(Option<Interval>, "NULL"),
+    idle_timeout: default!(Option<Interval>, "NULL"),
+    device_info: default!(Option<&str>, "NULL"),
+    user_agent: default!(Option<&str>, "NULL"),
+    ip_address: default!(Option<Inet>, "NULL"),
+    fingerprint: default!(Option<&str>, "NULL"),
+) -> NewSession {
+    boundary(|| {
+        let user_id = args::required(user_id, "user_id")?;
+        let data = args::session_data(session_data)?;
+        let options = Options::check(
+            ttl,
+            idle_timeout,
+            device_info,
+            user_agent,
+            ip_address,
+            fingerprint,
+        )?;
+        identity::scope()?.authorize(user_id)?;
+        create_with_generated_token(user_id, None, data, options, unreachable_conflict)
+    })
+}
+
+/// A session for `user_id` under a session id the caller chose, with a generated token.
+#[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
+#[pg_extern(
+    name = "create_user_session",
+    volatile,
+    parallel_unsafe,
+    security_definer
+)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_user_session_with_id(
+    user_id: Option<Uuid>,
+    session_id: Option<&str>,
+    session_data: default!(Option<JsonText<'_>>, "'{}'"),
+    ttl: default!(Option<Interval>, "NULL"),
+    idle_timeout: default!(Option<Interval>, "NULL"),
+    device_info: default!(Option<&str>, "NULL"),
+    user_agent: default!(Option<&str>, "NULL"),
+    ip_address: default!(Option<Inet>, "NULL"),
+    fingerprint: default!(Option<&str>, "NULL"),
+) -> NewSession {
+    boundary(|| {
+        let user_id = args::required(user_id, "user_id")?;
+        let session_id = args::custom_session_id(session_id)?;
+        let data = args::session_data(session_data)?;
+        let options = Options::check(
+            ttl,
+            idle_timeout,
+            device_info,
+            user_agent,
+            ip_address,
+            fingerprint,
+        )?;
+        identity::scope()?.authorize(user_id)?;
+        create_with_generated_token(user_id, Some(session_id), data, options, || {
+            ApiError::new(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                format!("session_id {} is already taken", excerpt(session_id)),
+            )
+            .detail(format!(
+                "A session with session_id {} exists.",
+                excerpt(session_id)
+            ))
+            .hint("Choose another session_id, or revoke the existing session first.")
+        })
+    })
+}
+
+/// The generated id and token cannot collide; if the index says otherwise, say so plainly.
+fn unreachable_conflict() -> ApiError {
+    ApiError::new(
+        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        "generated session id or token collided",
+    )
+    .hint("Retry the call.")
+}
+
+fn create_with_generated_token(
+    user_id: Uuid,
+    session_id: Option<&str>,
+    data: pg_sys::Datum,
+    options: Options<'_>,
+    conflict: impl FnOnce() -> ApiError,
+) -> ApiResult<NewSession> {
+    let token = token::generate().map_err(|e| {
+        ApiError::new(
+            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            "could not read the operating system's random generator",
+        )
+        .detail(e.to_string())
+    })?;
+    let token_hash = token::hash(&token);
+    let created = NewRow {
+        user_id,
+        session_id,
+        token_hash,
+        data: Some(data),
+        options,
+    }
+    .insert(conflict)?;
+    Ok(created.into_result(token))
+}
+
+/// The optional arguments shared by the two generating overloads, checked.
+struct Options<'a> {
+    ttl: Interval,
+    idle_timeout: Option<Interval>,
+    device_info: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    ip_address: Option<Inet>,
+    fingerprint: Option<&'a str>,
+}
+
+impl<'a> Options<'a> {
+    fn check(
+        ttl: Option<Interval>,
+        idle_timeout: Option<Interval>,
+        device_info: Option<&'a str>,
+        user_agent: Option<&'a str>,
+        ip_address: Option<Inet>,
+        fingerprint: Option<&'a str>,
+    ) -> ApiResult<Self> {
+        Ok(Self {
+            ttl: args::ttl(ttl)?,
+            idle_timeout: args::idle_timeout(idle_timeout)?,
+            device_info: args::optional_text(device_info, "device_info")?,
+            user_agent: args::optional_text(user_agent, "user_agent")?,
+            ip_address,
+            fingerprint: args::optional_text(fingerprint, "fingerprint")?,
+        })
+    }
+
+    fn defaults() -> Self {
+        Self {
+            ttl: crate::settings::session_lifetime(),
+            idle_timeout: crate::settings::idle_timeout(),
+            device_info: None,
+            user_agent: None,
+            ip_address: None,
+            fingerprint: None,
+        }
+    }
+}
+
+struct NewRow<'a> {
+    user_id: Uuid,
+    session_id: Option<&'a str>,
+    token_hash: TokenHash,
+    data: Option<pg_sys::Datum>,
+    options: Options<'a>,
+}
+
+struct Created {
+    id: Uuid,
+    session_id: String,
+    expires_at: TimestampWithTimeZone,
+}
+
+static INSERT: Statement = Statement::write(
+    "INSERT INTO session_ext.user_sessions AS s
+         (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
+          fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
+     SELECT $1, $2, COALESCE($3, $1::text), $4, COALESCE($5, '{}'::jsonb), $6, $7, $8, $9,
+            pg_catalog.now(), pg_catalog.now(), e.expires_at, $11,
+            LEAST(e.expires_at, pg_catalog.now() + $11)
+       FROM (SELECT pg_catalog.now() + $10 AS expires_at) e
+     ON CONFLICT DO NOTHING
+     RETURNING s.session_id, s.expires_at",
+    &[
+        UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL,
+    ],
+);
+
+impl NewRow<'_> {
+    /// Inserts the row; a taken session id or token yields `conflict()` and writes nothing.
+    fn insert(self, conflict: impl FnOnce() -> ApiError) -> ApiResult<Created> {
+        let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+        let o = self.options;
+        let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
+        let data = self.data.map_or_else(
+            || DatumWithOid::null_oid(JSONB.value()),
+            |d| db::arg_as(d, JSONB),
+        );
+        let args = [
+            id.into(),
+            self.user_id.into(),
+            self.session_id.into(),
+            self.token_hash.as_slice().into(),
+            data,
+            o.device_info.into(),
+            o.user_agent.into(),
+            o.ip_address.into(),
+            fingerprint_hash.into(),
+            o.ttl.into(),
+            o.idle_timeout.into(),
+        ];
+        let returned = Spi::connect(|client| {
+            let table = INSERT.run(client, &args);
+            (!table.is_empty()).then(|| {
+                (
+                    db::get::<String>(&table, 1),
+                    db::get::<TimestampWithTimeZone>(&table, 2),
+                )
+            })
+        });
+        match returned {
+            Some((Some(session_id), Some(expires_at))) => Ok(Created {
+                id,
+                session_id,
+                expires_at,
+            }),
+            _ => Err(conflict()),
+        }
+    }
+}
+
+impl Created {
+    /// The `session_ext.new_session` composite, the only place the token is ever returned.
+    fn into_result(self, token: String) -> NewSession {
+        let mut tuple = PgHeapTuple::new_composite_type("session_ext.new_session")
+            .expect("type session_ext.new_session exists with the extension");
+        tuple
+            .set_by_name("id", self.id)
+            .expect("new_session.id is uuid");
+        tuple
+            .set_by_name("session_id", self.session_id)
+            .expect("new_session.session_id is text");
+        tuple
+            .set_by_name("token", token)
+            .expect("new_session.token is text");
+        tuple
+            .set_by_name("expires_at", self.expires_at)
+            .expect("new_session.expires_at is timestamptz");
+        NewSession(
+            tuple
+                .into_composite_datum()
+                .expect("a formed tuple has a datum"),
+        )
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::testing::{act_as_user, count, create, ALICE, BOB};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn only_the_sha256_of_a_generated_token_is_stored() {
+        let (id, token) = create(ALICE, "");
+        assert_eq!(token.len(), 43);
+        let stored = format!(
+            "SELECT count(*) FROM session_ext.user_sessions
+              WHERE id = '{id}' AND token_hash = sha256(convert_to('{token}', 'UTF8'))"
+        );
+        assert_eq!(count(&stored), 1);
+        let leaked = format!(
+            "SELECT count(*) FROM session_ext.user_sessions s
+              WHERE strpos(row_to_json(s)::text, '{token}') > 0"
+        );
+        assert_eq!(count(&leaked), 0);
+    }
+
+    #[pg_test]
+    fn ids_are_time_ordered_uuidv7_and_the_default_session_id() {
+        let (first, _) = create(ALICE, "");
+        let (second, _) = create(ALICE, "");
+        let row = format!(
+            "SELECT count(*) FROM session_ext.user_sessions
+              WHERE id = '{second}' AND session_id = id::text AND substr(id::text, 15, 1) = '7'
+                AND id > '{first}'"
+        );
+        assert_eq!(count(&row), 1);
+    }
+
+    #[pg_test]
+    fn defaults_come_from_the_settings() {
+        Spi::run("SET session_ext.session_lifetime = '2h'; SET session_ext.idle_timeout = 0")
+            .unwrap();
+        let (id, _) = create(ALICE, "");
+        let row = format!(
+            "SELECT count(*) FROM session_ext.user_sessions
+              WHERE id = '{id}' AND expires_at = now() + interval '2h' AND idle_timeout IS NULL
+                AND valid_until = expires_at AND last_active_at = now() AND data_version = 1"
+        );
+        assert_eq!(count(&row), 1);
+    }
+
+    #[pg_test]
+    fn options_are_stored_and_the_fingerprint_hashed() {
+        let (id, _) = create(
+            ALICE,
+            ", ttl => '10 min', idle_timeout => '1 min', device_info => 'phone', user_agent => 'curl/8',
+               ip_address => '192.0.2.7', fingerprint => 'fp-1'",
+        );
+        let row = format!(
+            "SELECT count(*) FROM session_ext.user_sessions
+              WHERE id = '{id}' AND expires_at = now() + interval '10 min'
+                AND idle_timeout = interval '1 min' AND valid_until = now() + interval '1 min'
+                AND device_info = 'phone' AND user_agent = 'curl/8' AND ip_address = '192.0.2.7'
+                AND fingerprint_hash = sha256('fp-1'::bytea)"
+        );
+        assert_eq!(count(&row), 1);
+    }
+
+    #[pg_test]
+    fn a_client_token_session_belongs_to_the_caller() {
+        act_as_user(BOB);
+        let token = "c".repeat(40);
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT session_ext.create_user_session('{token}')"
+        ))
+        .unwrap()
+        .unwrap();
+        Spi::run("RESET ROLE").unwrap();
+        let row = format!(
+            "SELECT count(*) FROM session_ext.user_sessions
+              WHERE id = '{id}' AND user_id = '{BOB}' AND token_hash = sha256('{token}'::bytea)"
+        );
+        assert_eq!(count(&row), 1);
+    }
+
+    #[pg_test(error = "permission denied for the sessions of another user")]
+    fn a_user_cannot_create_for_another() {
+        act_as_user(ALICE);
+        create(BOB, "");
+    }
+}

@@ -1,0 +1,344 @@
+//! Who is calling (SPEC §3): the user id from the JWT claims PostgREST sets, and the role in
+//! effect outside the definer function, which decides admin rights.
+
+use crate::errors::{boundary, excerpt, ApiError, ApiResult};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
+use serde::Deserialize;
+use std::ffi::CStr;
+
+const CLAIMS: &CStr = c"request.jwt.claims";
+const LEGACY_SUB: &CStr = c"request.jwt.claim.sub";
+const ADMIN_ROLE: &CStr = c"session_ext_admin";
+
+/// The caller's user id: `sub` of `request.jwt.claims`, else the legacy `request.jwt.claim.sub`.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn current_user_id() -> Option<Uuid> {
+    boundary(claimed_user_id)
+}
+
+fn claimed_user_id() -> ApiResult<Option<Uuid>> {
+    let claims = read_setting(CLAIMS);
+    let legacy = read_setting(LEGACY_SUB);
+    Ok(sub_from_settings(claims.as_deref(), legacy.as_deref())?
+        .map(|id| Uuid::from_bytes(id.into_bytes())))
+}
+
+/// A setting's value, `None` when it is unset or empty (PostgREST leaves it empty between
+/// requests on a pooled connection).
+fn read_setting(name: &CStr) -> Option<String> {
+    // SAFETY: a valid name; missing_ok returns NULL for an unknown setting instead of raising.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: GetConfigOption returns a NUL-terminated string owned by the GUC machinery.
+    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy();
+    (!value.trim().is_empty()).then(|| value.into_owned())
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<serde_json::Value>,
+}
+
+/// The pure rule of §3: a `sub` in the claims wins; without one the legacy setting is used;
+/// a `sub` that is present but not a UUID is an error, never "no user".
+pub fn sub_from_settings(
+    claims: Option<&str>,
+    legacy_sub: Option<&str>,
+) -> ApiResult<Option<uuid::Uuid>> {
+    let from_claims = match claims {
+        None => None,
+        Some(text) => {
+            let parsed: Claims = serde_json::from_str(text).map_err(|e| {
+                ApiError::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                    "request.jwt.claims is not a JSON object",
+                )
+                .detail(format!("Parsing it failed: {e}."))
+            })?;
+            parsed.sub
+        }
+    };
+    match from_claims {
+        None | Some(serde_json::Value::Null) => legacy_sub
+            .map(|s| parse_uuid(s, "request.jwt.claim.sub"))
+            .transpose(),
+        Some(serde_json::Value::String(s)) => parse_uuid(&s, "the \"sub\" claim").map(Some),
+        Some(other) => Err(not_a_uuid("the \"sub\" claim", &other.to_string())),
+    }
+}
+
+fn parse_uuid(text: &str, source: &str) -> ApiResult<uuid::Uuid> {
+    uuid::Uuid::try_parse(text).map_err(|_| not_a_uuid(source, text))
+}
+
+fn not_a_uuid(source: &str, value: &str) -> ApiError {
+    ApiError::new(
+        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+        format!("{source} is not a UUID"),
+    )
+    .detail(format!("The value is {}.", excerpt(value)))
+    .hint("session_ext identifies users by UUID, as Supabase Auth does.")
+}
+
+/// Whose sessions a caller may see and act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Admins: every user's sessions.
+    All,
+    /// Everyone else: only the sessions of this user.
+    User(Uuid),
+}
+
+impl Scope {
+    pub fn covers(self, owner: Uuid) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::User(me) => me == owner,
+        }
+    }
+
+    /// 42501 unless the caller may act on sessions of `owner`.
+    pub fn authorize(self, owner: Uuid) -> ApiResult<()> {
+        if self.covers(owner) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied for the sessions of another user",
+        )
+        .detail(format!("Role \"{}\" may act only on the sessions of its own user id.", role_name(outer_role())))
+        .hint("Members of session_ext_admin (and superusers and BYPASSRLS roles) may act for any user."))
+    }
+}
+
+/// The caller's rights, decided once per call.
+pub fn scope() -> ApiResult<Scope> {
+    if is_admin(outer_role()) {
+        Ok(Scope::All)
+    } else {
+        require_user().map(Scope::User)
+    }
+}
+
+/// 42501 unless the caller is an admin: for functions that act on every user at once.
+pub fn require_admin(function: &str) -> ApiResult<()> {
+    let role = outer_role();
+    if is_admin(role) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("permission denied for {function}"),
+    )
+    .detail(format!(
+        "Role \"{}\" is not an admin of session_ext.",
+        role_name(role)
+    ))
+    .hint("Grant session_ext_admin to the role."))
+}
+
+/// The calling user's id, or 28000 when the request carries none.
+pub fn require_user() -> ApiResult<Uuid> {
+    claimed_user_id()?.ok_or_else(|| {
+        ApiError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "no authenticated user",
+        )
+        .detail("Neither request.jwt.claims nor request.jwt.claim.sub holds a \"sub\".")
+        .hint("Call it with a JWT that has a sub claim, or set request.jwt.claims for the transaction.")
+    })
+}
+
+/// The role in effect outside this SECURITY DEFINER call: what SET ROLE or
+/// `set_config('role', ...)` chose, else the login role. Never the function's owner.
+fn outer_role() -> pg_sys::Oid {
+    // SAFETY: reads a backend-global that is always set once the session is authenticated.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Admin = superuser, BYPASSRLS, or a member (with inherited privileges) of session_ext_admin.
+fn is_admin(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups on a valid role oid, inside a transaction.
+    unsafe {
+        if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) {
+            return true;
+        }
+        let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
+        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
+    }
+}
+
+fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: noerr lookup; returns NULL for a dropped role.
+    let name = unsafe { pg_sys::GetUserNameFromId(role, true) };
+    if name.is_null() {
+        return role.to_u32().to_string();
+    }
+    // SAFETY: a palloc'd NUL-terminated name.
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::sub_from_settings;
+    use crate::testing::{act_as_user, count, ALICE};
+    use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION as BAD_TEXT;
+
+    fn current_user_id() -> Option<String> {
+        Spi::get_one::<String>("SELECT session_ext.current_user_id()::text").unwrap()
+    }
+
+    #[pg_test]
+    fn reads_sub_from_request_claims() {
+        Spi::run(&format!(
+            "SELECT set_config('request.jwt.claims', '{{\"sub\":\"{ALICE}\"}}', true)"
+        ))
+        .unwrap();
+        assert_eq!(current_user_id().as_deref(), Some(ALICE));
+    }
+
+    #[pg_test]
+    fn empty_settings_mean_no_user() {
+        Spi::run("SELECT set_config('request.jwt.claims', '', true), set_config('request.jwt.claim.sub', '', true)")
+            .unwrap();
+        assert_eq!(current_user_id(), None);
+        Spi::run(&format!(
+            "SELECT set_config('request.jwt.claim.sub', '{ALICE}', true)"
+        ))
+        .unwrap();
+        assert_eq!(current_user_id().as_deref(), Some(ALICE));
+    }
+
+    #[pg_test(error = "the \"sub\" claim is not a UUID")]
+    fn non_uuid_sub_is_an_error() {
+        Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"alice\"}', true)").unwrap();
+        current_user_id();
+    }
+
+    #[pg_test]
+    fn the_outer_role_decides_admin_rights() {
+        // Superuser: admin.
+        assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0);
+        Spi::run(
+            "CREATE ROLE unit_test_admin NOLOGIN IN ROLE session_ext_admin;
+             CREATE ROLE unit_test_bypass NOLOGIN BYPASSRLS;
+             GRANT USAGE ON SCHEMA session_ext TO unit_test_bypass;
+             GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) TO unit_test_bypass;",
+        )
+        .unwrap();
+        for role in ["unit_test_admin", "unit_test_bypass"] {
+            Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
+            assert_eq!(
+                count("SELECT session_ext.cleanup_expired_sessions()"),
+                0,
+                "{role}"
+            );
+            Spi::run("RESET ROLE").unwrap();
+        }
+    }
+
+    #[pg_test(error = "permission denied for cleanup_expired_sessions")]
+    fn a_user_granted_execute_is_still_not_an_admin() {
+        Spi::run("GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) TO session_ext_user")
+            .unwrap();
+        act_as_user(ALICE);
+        count("SELECT session_ext.cleanup_expired_sessions()");
+    }
+
+    const ID: &str = "7f0c8a8e-3b7e-4c55-9d1a-2f6d4f1e9b10";
+
+    #[test]
+    fn sub_claim_is_the_user() {
+        let claims = format!(r#"{{"sub":"{ID}","role":"authenticated"}}"#);
+        assert_eq!(
+            sub_from_settings(Some(&claims), None)
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ID
+        );
+    }
+
+    #[test]
+    fn claims_win_over_the_legacy_setting() {
+        let claims = format!(r#"{{"sub":"{ID}"}}"#);
+        let other = "00000000-0000-0000-0000-000000000001";
+        assert_eq!(
+            sub_from_settings(Some(&claims), Some(other))
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ID
+        );
+    }
+
+    #[test]
+    fn legacy_setting_is_the_fallback() {
+        assert_eq!(
+            sub_from_settings(None, Some(ID))
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ID
+        );
+        let anon = r#"{"role":"anon"}"#;
+        assert_eq!(
+            sub_from_settings(Some(anon), Some(ID))
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ID
+        );
+        assert_eq!(
+            sub_from_settings(Some(r#"{"sub":null}"#), Some(ID))
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            ID
+        );
+    }
+
+    #[test]
+    fn no_sub_anywhere_is_no_user() {
+        assert_eq!(sub_from_settings(None, None).unwrap(), None);
+        assert_eq!(
+            sub_from_settings(Some(r#"{"role":"anon"}"#), None).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sub_that_is_not_a_uuid_is_an_error() {
+        for claims in [
+            r#"{"sub":"alice"}"#,
+            r#"{"sub":""}"#,
+            r#"{"sub":42}"#,
+            r#"{"sub":{"id":1}}"#,
+        ] {
+            let err = sub_from_settings(Some(claims), None).unwrap_err();
+            assert_eq!(err.code, BAD_TEXT, "{claims}");
+        }
+        assert_eq!(
+            sub_from_settings(None, Some("alice")).unwrap_err().code,
+            BAD_TEXT
+        );
+    }
+
+    #[test]
+    fn malformed_claims_are_an_error() {
+        for claims in ["{", "[1,2]", "\"sub\"", "null"] {
+            let err = sub_from_settings(Some(claims), None).unwrap_err();
+            assert_eq!(err.code, BAD_TEXT, "{claims}");
+            assert_eq!(err.message, "request.jwt.claims is not a JSON object");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! session_ext: user sessions kept inside PostgreSQL.
+//!
+//! The SQL objects the functions rely on (roles, table, types) live in `sql/`; the Rust
+//! modules hold the functions, split by concern.
+
+use pgrx::prelude::*;
+
+mod api;
+mod db;
+mod errors;
+mod identity;
+mod settings;
+mod token;
+mod types;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod testing;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Roles, tables, indexes and the composite types the functions return. `bootstrap` puts it
+// ahead of every generated CREATE FUNCTION.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+
+// Row-level security, grants and pg_dump registration; they name the functions, so they
+// run after everything else.
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // Preloaded, as in production: settings are then checked when they are set.
+        vec!["shared_preload_libraries = 'session_ext'"]
+    }
+}

@@ -1,0 +1,212 @@
+//! Every `session_ext.*` setting (SPEC §5), registered in one place.
+//!
+//! Time settings are integer seconds with PostgreSQL's unit parser, so `90s`, `15min`,
+//! `12h` and `7d` all work and a malformed or out-of-range value is refused when it is set.
+//! All are `SUSET`: they are security policy, so only superusers (or roles granted
+//! `SET ON PARAMETER`) may change them, never the API's callers.
+
+use pgrx::datum::Interval;
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CStr;
+
+const DAY: i32 = 86_400;
+
+pub static SESSION_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(DAY);
+pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+pub static TOUCH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static MAX_SESSION_DATA_BYTES: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+pub static CLEANUP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static REVOKED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+
+/// Largest `session_data` accepted by the limit itself: the biggest varlena PostgreSQL stores.
+const MAX_DATA_LIMIT: i32 = 0x3FFF_FFFF;
+/// Upper bound of a cleanup batch, for the setting and the function argument alike.
+pub const MAX_BATCH_SIZE: i32 = 1_000_000;
+
+struct IntSetting {
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+    seconds: bool,
+}
+
+const INT_SETTINGS: &[IntSetting] = &[
+    IntSetting {
+        name: c"session_ext.session_lifetime",
+        short: c"Absolute lifetime of a new session.",
+        long: c"Used when create_user_session is called without ttl.",
+        setting: &SESSION_LIFETIME,
+        min: 1,
+        max: i32::MAX,
+        seconds: true,
+    },
+    IntSetting {
+        name: c"session_ext.idle_timeout",
+        short: c"Default idle timeout of a new session (0 = none).",
+        long: c"Used when create_user_session is called without idle_timeout.",
+        setting: &IDLE_TIMEOUT,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
+    IntSetting {
+        name: c"session_ext.touch_interval",
+        short: c"Minimum gap between two activity writes of one session.",
+        long: c"validate_session records activity only when last_active_at is older than this.",
+        setting: &TOUCH_INTERVAL,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
+    IntSetting {
+        name: c"session_ext.max_session_data_bytes",
+        short: c"Largest session_data accepted, in bytes of stored jsonb.",
+        long: c"Measured as pg_column_size of the uncompressed jsonb value.",
+        setting: &MAX_SESSION_DATA_BYTES,
+        min: 1,
+        max: MAX_DATA_LIMIT,
+        seconds: false,
+    },
+    IntSetting {
+        name: c"session_ext.cleanup_batch_size",
+        short: c"Rows deleted per cleanup statement.",
+        long: c"cleanup_expired_sessions deletes in statements of at most this many rows.",
+        setting: &CLEANUP_BATCH_SIZE,
+        min: 1,
+        max: MAX_BATCH_SIZE,
+        seconds: false,
+    },
+    IntSetting {
+        name: c"session_ext.revoked_retention",
+        short: c"How long revoked sessions are kept before cleanup deletes them.",
+        long: c"Revoked rows stay for audit and token-replay detection.",
+        setting: &REVOKED_RETENTION,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
+];
+
+pub fn register() {
+    for s in INT_SETTINGS {
+        let flags = if s.seconds {
+            GucFlags::UNIT_S
+        } else {
+            GucFlags::default()
+        };
+        GucRegistry::define_int_guc(
+            s.name,
+            s.short,
+            s.long,
+            s.setting,
+            s.min,
+            s.max,
+            GucContext::Suset,
+            flags,
+        );
+    }
+    reserve_prefix();
+}
+
+/// Refuses unknown `session_ext.*` names, so a typo is an error instead of a silent placeholder.
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+fn reserve_prefix() {
+    unsafe { pg_sys::EmitWarningsOnPlaceholders(c"session_ext".as_ptr()) }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+fn reserve_prefix() {
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"session_ext".as_ptr()) }
+}
+
+/// An interval of whole seconds, built without a round trip through PostgreSQL.
+pub fn seconds(secs: i32) -> Interval {
+    Interval::new(0, 0, i64::from(secs) * 1_000_000).expect("a single-unit interval has one sign")
+}
+
+pub fn session_lifetime() -> Interval {
+    seconds(SESSION_LIFETIME.get())
+}
+
+/// The default idle timeout, `None` when it is switched off.
+pub fn idle_timeout() -> Option<Interval> {
+    match IDLE_TIMEOUT.get() {
+        0 => None,
+        secs => Some(seconds(secs)),
+    }
+}
+
+pub fn touch_interval() -> Interval {
+    seconds(TOUCH_INTERVAL.get())
+}
+
+pub fn revoked_retention() -> Interval {
+    seconds(REVOKED_RETENTION.get())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn time_settings_take_postgres_units() {
+        Spi::run("SET session_ext.session_lifetime = '7d'; SET session_ext.touch_interval = '90s'")
+            .unwrap();
+        assert_eq!(
+            super::session_lifetime().as_micros(),
+            7 * 86_400 * 1_000_000
+        );
+        assert_eq!(super::touch_interval().as_micros(), 90 * 1_000_000);
+        assert_eq!(
+            Spi::get_one::<String>("SHOW session_ext.touch_interval")
+                .unwrap()
+                .unwrap(),
+            "90s"
+        );
+    }
+
+    #[pg_test]
+    fn zero_idle_timeout_means_none() {
+        Spi::run("SET session_ext.idle_timeout = 0").unwrap();
+        assert!(super::idle_timeout().is_none());
+        Spi::run("SET session_ext.idle_timeout = '15min'").unwrap();
+        assert_eq!(
+            super::idle_timeout().map(|i| i.as_micros()),
+            Some(15 * 60 * 1_000_000)
+        );
+    }
+
+    #[pg_test(error = "invalid value for parameter \"session_ext.touch_interval\": \"banana\"")]
+    fn malformed_value_is_refused() {
+        Spi::run("SET session_ext.touch_interval = 'banana'").unwrap();
+    }
+
+    #[pg_test(
+        error = "-5 s is outside the valid range for parameter \"session_ext.idle_timeout\" (0 .. 2147483647)"
+    )]
+    fn negative_value_is_refused() {
+        Spi::run("SET session_ext.idle_timeout = '-5s'").unwrap();
+    }
+
+    #[pg_test(
+        error = "0 is outside the valid range for parameter \"session_ext.cleanup_batch_size\" (1 .. 1000000)"
+    )]
+    fn zero_batch_is_refused() {
+        Spi::run("SET session_ext.cleanup_batch_size = 0").unwrap();
+    }
+
+    #[pg_test(error = "invalid configuration parameter name \"session_ext.sesion_lifetime\"")]
+    fn misspelt_name_is_refused() {
+        Spi::run("SET session_ext.sesion_lifetime = '1h'").unwrap();
+    }
+
+    #[pg_test(error = "permission denied to set parameter \"session_ext.session_lifetime\"")]
+    fn callers_cannot_change_policy() {
+        crate::testing::act_as_user(crate::testing::ALICE);
+        Spi::run("SET session_ext.session_lifetime = '100d'").unwrap();
+    }
+}
