@@ -34,19 +34,11 @@ thread_local! {
 
 impl Statement {
     pub const fn read(sql: &'static str, args: &'static [PgOid]) -> Self {
-        Self {
-            sql,
-            args,
-            writes: false,
-        }
+        Self { sql, args, writes: false }
     }
 
     pub const fn write(sql: &'static str, args: &'static [PgOid]) -> Self {
-        Self {
-            sql,
-            args,
-            writes: true,
-        }
+        Self { sql, args, writes: true }
     }
 
     fn plan(&'static self, client: &SpiClient<'_>) -> Rc<OwnedPreparedStatement> {
@@ -59,11 +51,7 @@ impl Statement {
         } else {
             client.prepare(self.sql, self.args)
         };
-        let plan = Rc::new(
-            prepared
-                .unwrap_or_else(|e| panic!("preparing {:?}: {e}", self.sql))
-                .keep(),
-        );
+        let plan = Rc::new(prepared.unwrap_or_else(|e| panic!("preparing {:?}: {e}", self.sql)).keep());
         PLANS.with_borrow_mut(|plans| plans.insert(key, plan.clone()));
         plan
     }
@@ -75,26 +63,22 @@ impl Statement {
         args: &[DatumWithOid<'_>],
     ) -> SpiTupleTable<'conn> {
         let plan = self.plan(client);
-        let table = (&*plan)
-            .execute(client, None, args)
-            .unwrap_or_else(|e| panic!("running {:?}: {e}", self.sql));
+        let table =
+            (&*plan).execute(client, None, args).unwrap_or_else(|e| panic!("running {:?}: {e}", self.sql));
         table.first()
     }
 }
 
 /// Column `ordinal` (1-based) of the current row, copied out of SPI memory.
 pub fn get<T: FromDatum + IntoDatum>(table: &SpiTupleTable<'_>, ordinal: usize) -> Option<T> {
-    table
-        .get(ordinal)
-        .unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))
+    table.get(ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))
 }
 
 /// Column `ordinal` of the current row as a raw varlena datum moved out of SPI's memory into the
 /// caller's, so it outlives the SPI connection and can be returned as is.
 pub fn get_varlena(table: &SpiTupleTable<'_>, ordinal: usize) -> Option<pg_sys::Datum> {
-    let datum = table
-        .get_datum_by_ordinal(ordinal)
-        .unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))?;
+    let datum =
+        table.get_datum_by_ordinal(ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))?;
     // SAFETY: a varlena datum of the current row, copied while SPI is still connected.
     Some(unsafe { pg_sys::SPI_datumTransfer(datum, false, -1) })
 }

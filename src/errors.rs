@@ -20,12 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        Self { code, message: message.into(), detail: None, hint: None }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -76,11 +71,7 @@ pub fn boundary<T>(body: impl FnOnce() -> ApiResult<T>) -> T {
 pub fn excerpt(value: &str) -> String {
     const LIMIT: usize = 64;
     match value.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!(
-            "\"{}…\" ({} characters)",
-            &value[..cut],
-            value.chars().count()
-        ),
+        Some((cut, _)) => format!("\"{}…\" ({} characters)", &value[..cut], value.chars().count()),
         None => format!("\"{value}\""),
     }
 }

@@ -21,8 +21,7 @@ fn current_user_id() -> Option<Uuid> {
 fn claimed_user_id() -> ApiResult<Option<Uuid>> {
     let claims = read_setting(CLAIMS);
     let legacy = read_setting(LEGACY_SUB);
-    Ok(sub_from_settings(claims.as_deref(), legacy.as_deref())?
-        .map(|id| Uuid::from_bytes(id.into_bytes())))
+    Ok(sub_from_settings(claims.as_deref(), legacy.as_deref())?.map(|id| Uuid::from_bytes(id.into_bytes())))
 }
 
 /// A setting's value, `None` when it is unset or empty (PostgREST leaves it empty between
@@ -46,10 +45,7 @@ struct Claims {
 
 /// The pure rule of §3: a `sub` in the claims wins; without one the legacy setting is used;
 /// a `sub` that is present but not a UUID is an error, never "no user".
-pub fn sub_from_settings(
-    claims: Option<&str>,
-    legacy_sub: Option<&str>,
-) -> ApiResult<Option<uuid::Uuid>> {
+pub fn sub_from_settings(claims: Option<&str>, legacy_sub: Option<&str>) -> ApiResult<Option<uuid::Uuid>> {
     let from_claims = match claims {
         None => None,
         Some(text) => {
@@ -64,9 +60,9 @@ pub fn sub_from_settings(
         }
     };
     match from_claims {
-        None | Some(serde_json::Value::Null) => legacy_sub
-            .map(|s| parse_uuid(s, "request.jwt.claim.sub"))
-            .transpose(),
+        None | Some(serde_json::Value::Null) => {
+            legacy_sub.map(|s| parse_uuid(s, "request.jwt.claim.sub")).transpose()
+        }
         Some(serde_json::Value::String(s)) => parse_uuid(&s, "the \"sub\" claim").map(Some),
         Some(other) => Err(not_a_uuid("the \"sub\" claim", &other.to_string())),
     }
@@ -77,12 +73,9 @@ fn parse_uuid(text: &str, source: &str) -> ApiResult<uuid::Uuid> {
 }
 
 fn not_a_uuid(source: &str, value: &str) -> ApiError {
-    ApiError::new(
-        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-        format!("{source} is not a UUID"),
-    )
-    .detail(format!("The value is {}.", excerpt(value)))
-    .hint("session_ext identifies users by UUID, as Supabase Auth does.")
+    ApiError::new(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, format!("{source} is not a UUID"))
+        .detail(format!("The value is {}.", excerpt(value)))
+        .hint("session_ext identifies users by UUID, as Supabase Auth does.")
 }
 
 /// Whose sessions a caller may see and act on.
@@ -111,7 +104,10 @@ impl Scope {
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "permission denied for the sessions of another user",
         )
-        .detail(format!("Role \"{}\" may act only on the sessions of its own user id.", role_name(outer_role())))
+        .detail(format!(
+            "Role \"{}\" may act only on the sessions of its own user id.",
+            role_name(outer_role())
+        ))
         .hint("Members of session_ext_admin (and superusers and BYPASSRLS roles) may act for any user."))
     }
 }
@@ -135,22 +131,16 @@ pub fn require_admin(function: &str) -> ApiResult<()> {
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!("permission denied for {function}"),
     )
-    .detail(format!(
-        "Role \"{}\" is not an admin of session_ext.",
-        role_name(role)
-    ))
+    .detail(format!("Role \"{}\" is not an admin of session_ext.", role_name(role)))
     .hint("Grant session_ext_admin to the role."))
 }
 
 /// The calling user's id, or 28000 when the request carries none.
 pub fn require_user() -> ApiResult<Uuid> {
     claimed_user_id()?.ok_or_else(|| {
-        ApiError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            "no authenticated user",
-        )
-        .detail("Neither request.jwt.claims nor request.jwt.claim.sub holds a \"sub\".")
-        .hint("Call it with a JWT that has a sub claim, or set request.jwt.claims for the transaction.")
+        ApiError::new(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "no authenticated user")
+            .detail("Neither request.jwt.claims nor request.jwt.claim.sub holds a \"sub\".")
+            .hint("Call it with a JWT that has a sub claim, or set request.jwt.claims for the transaction.")
     })
 }
 
@@ -180,18 +170,14 @@ fn role_name(role: pg_sys::Oid) -> String {
         return role.to_u32().to_string();
     }
     // SAFETY: a palloc'd NUL-terminated name.
-    unsafe { CStr::from_ptr(name) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
 }
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use super::sub_from_settings;
     use crate::testing::{act_as_user, count, ALICE};
     use pgrx::prelude::*;
-    use pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION as BAD_TEXT;
 
     fn current_user_id() -> Option<String> {
         Spi::get_one::<String>("SELECT session_ext.current_user_id()::text").unwrap()
@@ -199,10 +185,8 @@ mod tests {
 
     #[pg_test]
     fn reads_sub_from_request_claims() {
-        Spi::run(&format!(
-            "SELECT set_config('request.jwt.claims', '{{\"sub\":\"{ALICE}\"}}', true)"
-        ))
-        .unwrap();
+        Spi::run(&format!("SELECT set_config('request.jwt.claims', '{{\"sub\":\"{ALICE}\"}}', true)"))
+            .unwrap();
         assert_eq!(current_user_id().as_deref(), Some(ALICE));
     }
 
@@ -211,10 +195,7 @@ mod tests {
         Spi::run("SELECT set_config('request.jwt.claims', '', true), set_config('request.jwt.claim.sub', '', true)")
             .unwrap();
         assert_eq!(current_user_id(), None);
-        Spi::run(&format!(
-            "SELECT set_config('request.jwt.claim.sub', '{ALICE}', true)"
-        ))
-        .unwrap();
+        Spi::run(&format!("SELECT set_config('request.jwt.claim.sub', '{ALICE}', true)")).unwrap();
         assert_eq!(current_user_id().as_deref(), Some(ALICE));
     }
 
@@ -237,100 +218,63 @@ mod tests {
         .unwrap();
         for role in ["unit_test_admin", "unit_test_bypass"] {
             Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
-            assert_eq!(
-                count("SELECT session_ext.cleanup_expired_sessions()"),
-                0,
-                "{role}"
-            );
+            assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0, "{role}");
             Spi::run("RESET ROLE").unwrap();
         }
     }
 
     #[pg_test(error = "permission denied for cleanup_expired_sessions")]
     fn a_user_granted_execute_is_still_not_an_admin() {
-        Spi::run("GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) TO session_ext_user")
-            .unwrap();
+        Spi::run(
+            "GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) TO session_ext_user",
+        )
+        .unwrap();
         act_as_user(ALICE);
         count("SELECT session_ext.cleanup_expired_sessions()");
     }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::sub_from_settings;
+    use pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION as BAD_TEXT;
 
     const ID: &str = "7f0c8a8e-3b7e-4c55-9d1a-2f6d4f1e9b10";
 
     #[test]
     fn sub_claim_is_the_user() {
         let claims = format!(r#"{{"sub":"{ID}","role":"authenticated"}}"#);
-        assert_eq!(
-            sub_from_settings(Some(&claims), None)
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            ID
-        );
+        assert_eq!(sub_from_settings(Some(&claims), None).unwrap().unwrap().to_string(), ID);
     }
 
     #[test]
     fn claims_win_over_the_legacy_setting() {
         let claims = format!(r#"{{"sub":"{ID}"}}"#);
         let other = "00000000-0000-0000-0000-000000000001";
-        assert_eq!(
-            sub_from_settings(Some(&claims), Some(other))
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            ID
-        );
+        assert_eq!(sub_from_settings(Some(&claims), Some(other)).unwrap().unwrap().to_string(), ID);
     }
 
     #[test]
     fn legacy_setting_is_the_fallback() {
-        assert_eq!(
-            sub_from_settings(None, Some(ID))
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            ID
-        );
+        assert_eq!(sub_from_settings(None, Some(ID)).unwrap().unwrap().to_string(), ID);
         let anon = r#"{"role":"anon"}"#;
-        assert_eq!(
-            sub_from_settings(Some(anon), Some(ID))
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            ID
-        );
-        assert_eq!(
-            sub_from_settings(Some(r#"{"sub":null}"#), Some(ID))
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            ID
-        );
+        assert_eq!(sub_from_settings(Some(anon), Some(ID)).unwrap().unwrap().to_string(), ID);
+        assert_eq!(sub_from_settings(Some(r#"{"sub":null}"#), Some(ID)).unwrap().unwrap().to_string(), ID);
     }
 
     #[test]
     fn no_sub_anywhere_is_no_user() {
         assert_eq!(sub_from_settings(None, None).unwrap(), None);
-        assert_eq!(
-            sub_from_settings(Some(r#"{"role":"anon"}"#), None).unwrap(),
-            None
-        );
+        assert_eq!(sub_from_settings(Some(r#"{"role":"anon"}"#), None).unwrap(), None);
     }
 
     #[test]
     fn a_sub_that_is_not_a_uuid_is_an_error() {
-        for claims in [
-            r#"{"sub":"alice"}"#,
-            r#"{"sub":""}"#,
-            r#"{"sub":42}"#,
-            r#"{"sub":{"id":1}}"#,
-        ] {
+        for claims in [r#"{"sub":"alice"}"#, r#"{"sub":""}"#, r#"{"sub":42}"#, r#"{"sub":{"id":1}}"#] {
             let err = sub_from_settings(Some(claims), None).unwrap_err();
             assert_eq!(err.code, BAD_TEXT, "{claims}");
         }
-        assert_eq!(
-            sub_from_settings(None, Some("alice")).unwrap_err().code,
-            BAD_TEXT
-        );
+        assert_eq!(sub_from_settings(None, Some("alice")).unwrap_err().code, BAD_TEXT);
     }
 
     #[test]

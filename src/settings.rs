@@ -92,11 +92,7 @@ const INT_SETTINGS: &[IntSetting] = &[
 
 pub fn register() {
     for s in INT_SETTINGS {
-        let flags = if s.seconds {
-            GucFlags::UNIT_S
-        } else {
-            GucFlags::default()
-        };
+        let flags = if s.seconds { GucFlags::UNIT_S } else { GucFlags::default() };
         GucRegistry::define_int_guc(
             s.name,
             s.short,
@@ -114,11 +110,13 @@ pub fn register() {
 /// Refuses unknown `session_ext.*` names, so a typo is an error instead of a silent placeholder.
 #[cfg(any(feature = "pg13", feature = "pg14"))]
 fn reserve_prefix() {
+    // SAFETY: called from _PG_init with a static NUL-terminated prefix.
     unsafe { pg_sys::EmitWarningsOnPlaceholders(c"session_ext".as_ptr()) }
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
 fn reserve_prefix() {
+    // SAFETY: called from _PG_init with a static NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"session_ext".as_ptr()) }
 }
 
@@ -154,19 +152,10 @@ mod tests {
 
     #[pg_test]
     fn time_settings_take_postgres_units() {
-        Spi::run("SET session_ext.session_lifetime = '7d'; SET session_ext.touch_interval = '90s'")
-            .unwrap();
-        assert_eq!(
-            super::session_lifetime().as_micros(),
-            7 * 86_400 * 1_000_000
-        );
+        Spi::run("SET session_ext.session_lifetime = '7d'; SET session_ext.touch_interval = '90s'").unwrap();
+        assert_eq!(super::session_lifetime().as_micros(), 7 * 86_400 * 1_000_000);
         assert_eq!(super::touch_interval().as_micros(), 90 * 1_000_000);
-        assert_eq!(
-            Spi::get_one::<String>("SHOW session_ext.touch_interval")
-                .unwrap()
-                .unwrap(),
-            "90s"
-        );
+        assert_eq!(Spi::get_one::<String>("SHOW session_ext.touch_interval").unwrap().unwrap(), "90s");
     }
 
     #[pg_test]
@@ -174,10 +163,7 @@ mod tests {
         Spi::run("SET session_ext.idle_timeout = 0").unwrap();
         assert!(super::idle_timeout().is_none());
         Spi::run("SET session_ext.idle_timeout = '15min'").unwrap();
-        assert_eq!(
-            super::idle_timeout().map(|i| i.as_micros()),
-            Some(15 * 60 * 1_000_000)
-        );
+        assert_eq!(super::idle_timeout().map(|i| i.as_micros()), Some(15 * 60 * 1_000_000));
     }
 
     #[pg_test(error = "invalid value for parameter \"session_ext.touch_interval\": \"banana\"")]

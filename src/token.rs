@@ -39,20 +39,11 @@ impl std::fmt::Display for TokenProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::TooShort(n) => {
-                write!(
-                    f,
-                    "has {n} characters, fewer than the minimum of {MIN_TOKEN_LEN}"
-                )
+                write!(f, "has {n} characters, fewer than the minimum of {MIN_TOKEN_LEN}")
             }
-            Self::TooLong(n) => write!(
-                f,
-                "has {n} characters, more than the maximum of {MAX_TOKEN_LEN}"
-            ),
+            Self::TooLong(n) => write!(f, "has {n} characters, more than the maximum of {MAX_TOKEN_LEN}"),
             Self::BadCharacter => {
-                write!(
-                    f,
-                    "contains a character outside visible ASCII (whitespace or control)"
-                )
+                write!(f, "contains a character outside visible ASCII (whitespace or control)")
             }
         }
     }
@@ -78,9 +69,7 @@ mod tests {
         let a = generate().unwrap();
         let b = generate().unwrap();
         assert_eq!(a.len(), 43);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(a, b);
         assert_eq!(check(&a), Ok(()));
     }
@@ -103,14 +92,8 @@ mod tests {
 
     #[test]
     fn whitespace_and_non_ascii_are_refused() {
-        assert_eq!(
-            check(&format!("Bearer {}", "a".repeat(40))),
-            Err(TokenProblem::BadCharacter)
-        );
-        assert_eq!(
-            check(&format!("{}\n", "a".repeat(40))),
-            Err(TokenProblem::BadCharacter)
-        );
+        assert_eq!(check(&format!("Bearer {}", "a".repeat(40))), Err(TokenProblem::BadCharacter));
+        assert_eq!(check(&format!("{}\n", "a".repeat(40))), Err(TokenProblem::BadCharacter));
         assert_eq!(check(&"é".repeat(40)), Err(TokenProblem::BadCharacter));
         assert_eq!(check(""), Err(TokenProblem::TooShort(0)));
         assert_eq!(check(&" ".repeat(2000)), Err(TokenProblem::TooLong(2000)));

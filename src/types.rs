@@ -12,6 +12,7 @@ pub struct JsonText<'fcx>(pub &'fcx str);
 // SAFETY: `json` is stored as text, so unboxing it as `&str` reads exactly its bytes.
 unsafe impl<'fcx> ArgAbi<'fcx> for JsonText<'fcx> {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        // SAFETY: the caller's contract: a non-null `json` argument.
         JsonText(unsafe { <&'fcx str as ArgAbi<'fcx>>::unbox_arg_unchecked(arg) })
     }
 }
@@ -26,6 +27,7 @@ macro_rules! composite_result {
         // SAFETY: the datum is a complete composite value of the declared type.
         unsafe impl BoxRet for $name {
             unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+                // SAFETY: a valid datum allocated in the call's memory context.
                 unsafe { fcinfo.return_raw_datum(self.0) }
             }
         }

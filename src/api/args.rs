@@ -28,10 +28,7 @@ pub fn optional_text<'a>(value: Option<&'a str>, name: &str) -> ApiResult<Option
 
 fn text<'a>(value: &'a str, name: &str, max_chars: usize) -> ApiResult<&'a str> {
     if value.trim().is_empty() {
-        return Err(ApiError::invalid_argument(
-            name,
-            "must not be empty or only whitespace",
-        ));
+        return Err(ApiError::invalid_argument(name, "must not be empty or only whitespace"));
     }
     let chars = value.chars().count();
     if chars > max_chars {
@@ -47,28 +44,20 @@ fn text<'a>(value: &'a str, name: &str, max_chars: usize) -> ApiResult<&'a str> 
 pub fn session_token<'a>(value: Option<&'a str>, name: &str) -> ApiResult<&'a str> {
     let value = required(value, name)?;
     token::check(value).map_err(|problem| {
-        ApiError::invalid_argument(name, problem).hint(
-            "Tokens are 32 to 1024 visible ASCII characters, sent without any \"Bearer \" prefix.",
-        )
+        ApiError::invalid_argument(name, problem)
+            .hint("Tokens are 32 to 1024 visible ASCII characters, sent without any \"Bearer \" prefix.")
     })?;
     Ok(value)
 }
 
 /// A caller-chosen session id: a short handle made of URL-safe characters.
-pub fn custom_session_id<'a>(value: Option<&'a str>) -> ApiResult<&'a str> {
-    let value = text(
-        required(value, "session_id")?,
-        "session_id",
-        MAX_SESSION_ID_CHARS,
-    )?;
+pub fn custom_session_id(value: Option<&str>) -> ApiResult<&str> {
+    let value = text(required(value, "session_id")?, "session_id", MAX_SESSION_ID_CHARS)?;
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.~:@+=/".contains(c);
     if !value.chars().all(allowed) {
         return Err(ApiError::invalid_argument(
             "session_id",
-            format!(
-                "{} may contain only letters, digits and - _ . ~ : @ + = /",
-                excerpt(value)
-            ),
+            format!("{} may contain only letters, digits and - _ . ~ : @ + = /", excerpt(value)),
         )
         .hint("To pass session data, name the argument: session_data => '{...}'."));
     }
@@ -79,11 +68,10 @@ pub fn custom_session_id<'a>(value: Option<&'a str>) -> ApiResult<&'a str> {
 pub fn ttl(value: Option<Interval>) -> ApiResult<Interval> {
     match value {
         None => Ok(settings::session_lifetime()),
-        Some(v) if v.as_micros() <= 0 => Err(ApiError::invalid_argument(
-            "ttl",
-            "must be a positive interval",
-        )
-        .hint("Pass NULL to use session_ext.session_lifetime.")),
+        Some(v) if v.as_micros() <= 0 => {
+            Err(ApiError::invalid_argument("ttl", "must be a positive interval")
+                .hint("Pass NULL to use session_ext.session_lifetime."))
+        }
         Some(v) => within_bounds(v, "ttl"),
     }
 }
@@ -92,11 +80,10 @@ pub fn ttl(value: Option<Interval>) -> ApiResult<Interval> {
 pub fn idle_timeout(value: Option<Interval>) -> ApiResult<Option<Interval>> {
     match value {
         None => Ok(settings::idle_timeout()),
-        Some(v) if v.as_micros() < 0 => Err(ApiError::invalid_argument(
-            "idle_timeout",
-            "must not be negative",
-        )
-        .hint("Use '0' for a session without an idle timeout.")),
+        Some(v) if v.as_micros() < 0 => {
+            Err(ApiError::invalid_argument("idle_timeout", "must not be negative")
+                .hint("Use '0' for a session without an idle timeout."))
+        }
         Some(v) if v.as_micros() == 0 => Ok(None),
         Some(v) => within_bounds(v, "idle_timeout").map(Some),
     }
@@ -104,10 +91,7 @@ pub fn idle_timeout(value: Option<Interval>) -> ApiResult<Option<Interval>> {
 
 fn within_bounds(value: Interval, name: &str) -> ApiResult<Interval> {
     if value.as_micros() > MAX_INTERVAL_MICROS {
-        return Err(ApiError::invalid_argument(
-            name,
-            "must not exceed 100 years",
-        ));
+        return Err(ApiError::invalid_argument(name, "must not exceed 100 years"));
     }
     Ok(value)
 }
@@ -117,14 +101,9 @@ fn within_bounds(value: Interval, name: &str) -> ApiResult<Interval> {
 pub fn session_data(value: Option<JsonText<'_>>) -> ApiResult<pg_sys::Datum> {
     let JsonText(text) = required(value, "session_data")?;
     // PostgreSQL has already parsed it, so the first significant character tells the kind.
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        return Err(
-            ApiError::invalid_argument("session_data", "must be a JSON object")
-                .hint("Wrap the value in an object, e.g. {\"value\": ...}."),
-        );
+    if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        return Err(ApiError::invalid_argument("session_data", "must be a JSON object")
+            .hint("Wrap the value in an object, e.g. {\"value\": ...}."));
     }
     // PostgreSQL text never holds a NUL byte.
     let cstring = CString::new(text).expect("json text contains no NUL byte");
@@ -149,9 +128,7 @@ pub fn check_data_size(jsonb: pg_sys::Datum) -> ApiResult<()> {
     if size > limit as usize {
         return Err(ApiError::invalid_argument(
             "session_data",
-            format!(
-                "is {size} bytes as jsonb, more than session_ext.max_session_data_bytes ({limit})"
-            ),
+            format!("is {size} bytes as jsonb, more than session_ext.max_session_data_bytes ({limit})"),
         )
         .hint("Keep large data in your own tables and store a reference in the session."));
     }
@@ -167,30 +144,14 @@ mod tests {
         assert!(optional_text(Some(""), "device_info").is_err());
         assert!(optional_text(Some(" \t\n"), "device_info").is_err());
         assert!(optional_text(Some(&"x".repeat(MAX_TEXT_CHARS + 1)), "device_info").is_err());
-        assert_eq!(
-            optional_text(Some(&"x".repeat(MAX_TEXT_CHARS)), "d")
-                .unwrap()
-                .map(str::len),
-            Some(1024)
-        );
+        assert_eq!(optional_text(Some(&"x".repeat(MAX_TEXT_CHARS)), "d").unwrap().map(str::len), Some(1024));
         assert_eq!(optional_text(None, "device_info").unwrap(), None);
     }
 
     #[test]
     fn custom_session_ids_are_url_safe_handles() {
-        assert_eq!(
-            custom_session_id(Some("web:alice@laptop-1")).unwrap(),
-            "web:alice@laptop-1"
-        );
-        for bad in [
-            "",
-            " ",
-            "{\"a\":1}",
-            "has space",
-            "tab\tbed",
-            "semi;colon",
-            "quote'",
-        ] {
+        assert_eq!(custom_session_id(Some("web:alice@laptop-1")).unwrap(), "web:alice@laptop-1");
+        for bad in ["", " ", "{\"a\":1}", "has space", "tab\tbed", "semi;colon", "quote'"] {
             assert!(custom_session_id(Some(bad)).is_err(), "{bad:?}");
         }
         assert!(custom_session_id(Some(&"a".repeat(MAX_SESSION_ID_CHARS + 1))).is_err());
@@ -205,12 +166,7 @@ mod tests {
         assert!(ttl(Some(Interval::new(0, 0, -1).unwrap())).is_err());
         assert!(ttl(Some(Interval::new(12 * 101, 0, 0).unwrap())).is_err());
         assert!(ttl(Some(Interval::new(12 * 99, 0, 0).unwrap())).is_ok());
-        assert_eq!(
-            idle_timeout(Some(Interval::new(0, 0, 0).unwrap()))
-                .unwrap()
-                .map(|i| i.as_micros()),
-            None
-        );
+        assert_eq!(idle_timeout(Some(Interval::new(0, 0, 0).unwrap())).unwrap().map(|i| i.as_micros()), None);
         assert!(idle_timeout(Some(Interval::new(0, -1, 0).unwrap())).is_err());
         assert!(idle_timeout(Some(Interval::new(0, 36_001, 0).unwrap())).is_err());
         assert!(idle_timeout(Some(Interval::new(1_200, 0, 0).unwrap())).is_ok());

@@ -114,36 +114,28 @@ fn fingerprint_matches(bound_to: Option<&[u8]>, presented: Option<&str>) -> bool
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use super::fingerprint_matches;
     use crate::testing::{act_as_user, count, create, ALICE, BOB};
-    use crate::token::hash;
     use pgrx::prelude::*;
 
     fn validates(token: &str, fingerprint: &str) -> bool {
         // Not `IS NOT NULL`: that is false for a row with any NULL field.
-        let sql = format!(
-            "SELECT (session_ext.validate_session('{token}', {fingerprint})).id IS NOT NULL"
-        );
+        let sql = format!("SELECT (session_ext.validate_session('{token}', {fingerprint})).id IS NOT NULL");
         Spi::get_one::<bool>(&sql).unwrap().unwrap()
     }
 
     fn is_active(id: &pgrx::Uuid) -> bool {
-        Spi::get_one::<bool>(&format!("SELECT session_ext.is_session_active('{id}')"))
-            .unwrap()
-            .unwrap()
+        Spi::get_one::<bool>(&format!("SELECT session_ext.is_session_active('{id}')")).unwrap().unwrap()
     }
 
     fn set(id: &pgrx::Uuid, assignments: &str) {
-        Spi::run(&format!(
-            "UPDATE session_ext.user_sessions SET {assignments} WHERE id = '{id}'"
-        ))
-        .unwrap();
+        Spi::run(&format!("UPDATE session_ext.user_sessions SET {assignments} WHERE id = '{id}'")).unwrap();
     }
 
     #[pg_test]
     fn activity_is_written_at_most_once_per_touch_interval() {
         let (id, token) = create(ALICE, ", idle_timeout => '1h'");
-        let last_active = format!("SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}' AND last_active_at = ");
+        let last_active =
+            format!("SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}' AND last_active_at = ");
 
         set(&id, "last_active_at = now() - interval '30s'");
         assert!(validates(&token, "NULL"));
@@ -153,17 +145,9 @@ mod tests {
             "within the interval: no write"
         );
 
-        set(
-            &id,
-            "last_active_at = now() - interval '61s', valid_until = now() + interval '59 min'",
-        );
+        set(&id, "last_active_at = now() - interval '61s', valid_until = now() + interval '59 min'");
         assert!(validates(&token, "NULL"));
-        assert_eq!(
-            count(&format!(
-                "{last_active} now() AND valid_until = now() + interval '1h'"
-            )),
-            1
-        );
+        assert_eq!(count(&format!("{last_active} now() AND valid_until = now() + interval '1h'")), 1);
     }
 
     #[pg_test]
@@ -184,10 +168,7 @@ mod tests {
         let (idle, idle_token) = create(ALICE, "");
         let (live, live_token) = create(ALICE, "");
         set(&absolute, "created_at = now() - interval '2 days', expires_at = now() - interval '1s', valid_until = now() - interval '1s'");
-        set(
-            &idle,
-            "last_active_at = now() - interval '2h', valid_until = now() - interval '1h'",
-        );
+        set(&idle, "last_active_at = now() - interval '2h', valid_until = now() - interval '1h'");
         assert!(!is_active(&absolute) && !validates(&absolute_token, "NULL"));
         assert!(!is_active(&idle) && !validates(&idle_token, "NULL"));
         assert!(is_active(&live) && validates(&live_token, "NULL"));
@@ -223,15 +204,15 @@ mod tests {
         let (alices, alices_token) = create(ALICE, "");
         act_as_user(ALICE);
         assert!(is_active(&alices) && validates(&alices_token, "NULL"));
-        assert!(
-            !is_active(&bobs),
-            "another user's session reads as inactive"
-        );
-        assert!(
-            !validates(&bobs_token, "NULL"),
-            "another user's token does not validate"
-        );
+        assert!(!is_active(&bobs), "another user's session reads as inactive");
+        assert!(!validates(&bobs_token, "NULL"), "another user's token does not validate");
     }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::fingerprint_matches;
+    use crate::token::hash;
 
     #[test]
     fn fingerprint_binding() {

@@ -48,8 +48,7 @@ fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
         let retention = settings::revoked_retention();
         Ok(Spi::connect(|client| {
             let mut deleted = 0i64;
-            for (statement, extra) in [(&DELETE_EXPIRED, None), (&DELETE_REVOKED, Some(retention))]
-            {
+            for (statement, extra) in [(&DELETE_EXPIRED, None), (&DELETE_REVOKED, Some(retention))] {
                 loop {
                     check_for_interrupts!();
                     let mut arguments = vec![batch.into()];
@@ -77,29 +76,14 @@ mod tests {
         Spi::run("SET session_ext.revoked_retention = '1h'").unwrap();
         let states = [
             ("live", ""),
-            (
-                "absolute",
-                "expires_at = now() - interval '1s', valid_until = now() - interval '1s'",
-            ),
-            (
-                "idle",
-                "last_active_at = now() - interval '2h', valid_until = now() - interval '1h'",
-            ),
-            (
-                "revoked_recently",
-                "revoked_at = now() - interval '59 min', revoke_reason = 'logout'",
-            ),
-            (
-                "revoked_long_ago",
-                "revoked_at = now() - interval '61 min', revoke_reason = 'logout'",
-            ),
+            ("absolute", "expires_at = now() - interval '1s', valid_until = now() - interval '1s'"),
+            ("idle", "last_active_at = now() - interval '2h', valid_until = now() - interval '1h'"),
+            ("revoked_recently", "revoked_at = now() - interval '59 min', revoke_reason = 'logout'"),
+            ("revoked_long_ago", "revoked_at = now() - interval '61 min', revoke_reason = 'logout'"),
             ("ends_now", "expires_at = now(), valid_until = now()"),
         ];
         for (i, (name, assignments)) in states.iter().enumerate() {
-            let (id, _) = create(
-                if i % 2 == 0 { ALICE } else { BOB },
-                &format!(", session_id => '{name}'"),
-            );
+            let (id, _) = create(if i % 2 == 0 { ALICE } else { BOB }, &format!(", session_id => '{name}'"));
             if !assignments.is_empty() {
                 Spi::run(&format!(
                     "UPDATE session_ext.user_sessions SET created_at = now() - interval '1 day', {assignments} WHERE id = '{id}'"

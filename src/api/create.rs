@@ -15,12 +15,7 @@ use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
 
 /// A session for the calling user, keyed by a token the client already holds.
-#[pg_extern(
-    name = "create_user_session",
-    volatile,
-    parallel_unsafe,
-    security_definer
-)]
+#[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
     boundary(|| {
@@ -34,115 +29,81 @@ fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
             options: Options::defaults(),
         };
         let created = row.insert(|| {
-            ApiError::new(
-                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-                "session_token is already in use",
-            )
-            .detail("Another session was created with the same token.")
-            .hint("Generate a new random token for every session.")
+            ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "session_token is already in use")
+                .detail("Another session was created with the same token.")
+                .hint("Generate a new random token for every session.")
         })?;
         Ok(created.id)
     })
 }
 
-/// A session for `user_id` with a generated id and a generated 256-bit token.
-#[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
-#[pg_extern(
-    name = "create_user_session",
-    volatile,
-    parallel_unsafe,
-    security_definer
-)]
-#[search_path(pg_catalog, pg_temp)]
-fn create_user_session_with_data(
-    user_id: Option<Uuid>,
-    session_data: Option<JsonText<'_>>,
-    ttl: default!(Option<Interval>, "NULL"),
-    idle_timeout: default!(Option<Interval>, "NULL"),
-    device_info: default!(Option<&str>, "NULL"),
-    user_agent: default!(Option<&str>, "NULL"),
-    ip_address: default!(Option<Inet>, "NULL"),
-    fingerprint: default!(Option<&str>, "NULL"),
-) -> NewSession {
-    boundary(|| {
-        let user_id = args::required(user_id, "user_id")?;
-        let data = args::session_data(session_data)?;
-        let options = Options::check(
-            ttl,
-            idle_timeout,
-            device_info,
-            user_agent,
-            ip_address,
-            fingerprint,
-        )?;
-        identity::scope()?.authorize(user_id)?;
-        create_with_generated_token(user_id, None, data, options, unreachable_conflict)
-    })
+/// Declares an overload that generates the token. Its leading arguments are its own; the
+/// optional named arguments are declared here once, so the two overloads cannot drift apart.
+/// `$handler` receives them checked, as `Options`.
+macro_rules! generating_overload {
+    ($(#[$attr:meta])* fn $name:ident($($leading:tt)*) => $handler:expr) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
+        #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
+        #[search_path(pg_catalog, pg_temp)]
+        fn $name(
+            $($leading)*
+            ttl: default!(Option<Interval>, "NULL"),
+            idle_timeout: default!(Option<Interval>, "NULL"),
+            device_info: default!(Option<&str>, "NULL"),
+            user_agent: default!(Option<&str>, "NULL"),
+            ip_address: default!(Option<Inet>, "NULL"),
+            fingerprint: default!(Option<&str>, "NULL"),
+        ) -> NewSession {
+            boundary(|| {
+                let options = Options::check(ttl, idle_timeout, device_info, user_agent, ip_address, fingerprint)?;
+                ($handler)(options)
+            })
+        }
+    };
 }
 
-/// A session for `user_id` under a session id the caller chose, with a generated token.
-#[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
-#[pg_extern(
-    name = "create_user_session",
-    volatile,
-    parallel_unsafe,
-    security_definer
-)]
-#[search_path(pg_catalog, pg_temp)]
-fn create_user_session_with_id(
-    user_id: Option<Uuid>,
-    session_id: Option<&str>,
-    session_data: default!(Option<JsonText<'_>>, "'{}'"),
-    ttl: default!(Option<Interval>, "NULL"),
-    idle_timeout: default!(Option<Interval>, "NULL"),
-    device_info: default!(Option<&str>, "NULL"),
-    user_agent: default!(Option<&str>, "NULL"),
-    ip_address: default!(Option<Inet>, "NULL"),
-    fingerprint: default!(Option<&str>, "NULL"),
-) -> NewSession {
-    boundary(|| {
-        let user_id = args::required(user_id, "user_id")?;
+generating_overload! {
+    /// A session for `user_id` with a generated id and a generated 256-bit token.
+    fn create_user_session_with_data(user_id: Option<Uuid>, session_data: Option<JsonText<'_>>,)
+        => |options| create_with_generated_token(user_id, None, session_data, options, unreachable_conflict)
+}
+
+generating_overload! {
+    /// A session for `user_id` under a session id the caller chose, with a generated token.
+    fn create_user_session_with_id(
+        user_id: Option<Uuid>,
+        session_id: Option<&str>,
+        session_data: default!(Option<JsonText<'_>>, "'{}'"),
+    ) => |options| {
         let session_id = args::custom_session_id(session_id)?;
-        let data = args::session_data(session_data)?;
-        let options = Options::check(
-            ttl,
-            idle_timeout,
-            device_info,
-            user_agent,
-            ip_address,
-            fingerprint,
-        )?;
-        identity::scope()?.authorize(user_id)?;
-        create_with_generated_token(user_id, Some(session_id), data, options, || {
+        create_with_generated_token(user_id, Some(session_id), session_data, options, || {
             ApiError::new(
                 PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
                 format!("session_id {} is already taken", excerpt(session_id)),
             )
-            .detail(format!(
-                "A session with session_id {} exists.",
-                excerpt(session_id)
-            ))
+            .detail(format!("A session with session_id {} exists.", excerpt(session_id)))
             .hint("Choose another session_id, or revoke the existing session first.")
         })
-    })
+    }
 }
 
 /// The generated id and token cannot collide; if the index says otherwise, say so plainly.
 fn unreachable_conflict() -> ApiError {
-    ApiError::new(
-        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-        "generated session id or token collided",
-    )
-    .hint("Retry the call.")
+    ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "generated session id or token collided")
+        .hint("Retry the call.")
 }
 
 fn create_with_generated_token(
-    user_id: Uuid,
+    user_id: Option<Uuid>,
     session_id: Option<&str>,
-    data: pg_sys::Datum,
+    session_data: Option<JsonText<'_>>,
     options: Options<'_>,
     conflict: impl FnOnce() -> ApiError,
 ) -> ApiResult<NewSession> {
+    let user_id = args::required(user_id, "user_id")?;
+    let data = args::session_data(session_data)?;
+    identity::scope()?.authorize(user_id)?;
     let token = token::generate().map_err(|e| {
         ApiError::new(
             PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
@@ -151,14 +112,7 @@ fn create_with_generated_token(
         .detail(e.to_string())
     })?;
     let token_hash = token::hash(&token);
-    let created = NewRow {
-        user_id,
-        session_id,
-        token_hash,
-        data: Some(data),
-        options,
-    }
-    .insert(conflict)?;
+    let created = NewRow { user_id, session_id, token_hash, data: Some(data), options }.insert(conflict)?;
     Ok(created.into_result(token))
 }
 
@@ -227,9 +181,7 @@ static INSERT: Statement = Statement::write(
        FROM (SELECT pg_catalog.now() + $10 AS expires_at) e
      ON CONFLICT DO NOTHING
      RETURNING s.session_id, s.expires_at",
-    &[
-        UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL,
-    ],
+    &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL],
 );
 
 impl NewRow<'_> {
@@ -238,10 +190,7 @@ impl NewRow<'_> {
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
         let o = self.options;
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
-        let data = self.data.map_or_else(
-            || DatumWithOid::null_oid(JSONB.value()),
-            |d| db::arg_as(d, JSONB),
-        );
+        let data = self.data.map_or_else(|| DatumWithOid::null_oid(JSONB.value()), |d| db::arg_as(d, JSONB));
         let args = [
             id.into(),
             self.user_id.into(),
@@ -257,19 +206,11 @@ impl NewRow<'_> {
         ];
         let returned = Spi::connect(|client| {
             let table = INSERT.run(client, &args);
-            (!table.is_empty()).then(|| {
-                (
-                    db::get::<String>(&table, 1),
-                    db::get::<TimestampWithTimeZone>(&table, 2),
-                )
-            })
+            (!table.is_empty())
+                .then(|| (db::get::<String>(&table, 1), db::get::<TimestampWithTimeZone>(&table, 2)))
         });
         match returned {
-            Some((Some(session_id), Some(expires_at))) => Ok(Created {
-                id,
-                session_id,
-                expires_at,
-            }),
+            Some((Some(session_id), Some(expires_at))) => Ok(Created { id, session_id, expires_at }),
             _ => Err(conflict()),
         }
     }
@@ -280,23 +221,11 @@ impl Created {
     fn into_result(self, token: String) -> NewSession {
         let mut tuple = PgHeapTuple::new_composite_type("session_ext.new_session")
             .expect("type session_ext.new_session exists with the extension");
-        tuple
-            .set_by_name("id", self.id)
-            .expect("new_session.id is uuid");
-        tuple
-            .set_by_name("session_id", self.session_id)
-            .expect("new_session.session_id is text");
-        tuple
-            .set_by_name("token", token)
-            .expect("new_session.token is text");
-        tuple
-            .set_by_name("expires_at", self.expires_at)
-            .expect("new_session.expires_at is timestamptz");
-        NewSession(
-            tuple
-                .into_composite_datum()
-                .expect("a formed tuple has a datum"),
-        )
+        tuple.set_by_name("id", self.id).expect("new_session.id is uuid");
+        tuple.set_by_name("session_id", self.session_id).expect("new_session.session_id is text");
+        tuple.set_by_name("token", token).expect("new_session.token is text");
+        tuple.set_by_name("expires_at", self.expires_at).expect("new_session.expires_at is timestamptz");
+        NewSession(tuple.into_composite_datum().expect("a formed tuple has a datum"))
     }
 }
 
@@ -336,8 +265,7 @@ mod tests {
 
     #[pg_test]
     fn defaults_come_from_the_settings() {
-        Spi::run("SET session_ext.session_lifetime = '2h'; SET session_ext.idle_timeout = 0")
-            .unwrap();
+        Spi::run("SET session_ext.session_lifetime = '2h'; SET session_ext.idle_timeout = 0").unwrap();
         let (id, _) = create(ALICE, "");
         let row = format!(
             "SELECT count(*) FROM session_ext.user_sessions
@@ -368,11 +296,9 @@ mod tests {
     fn a_client_token_session_belongs_to_the_caller() {
         act_as_user(BOB);
         let token = "c".repeat(40);
-        let id = Spi::get_one::<pgrx::Uuid>(&format!(
-            "SELECT session_ext.create_user_session('{token}')"
-        ))
-        .unwrap()
-        .unwrap();
+        let id = Spi::get_one::<pgrx::Uuid>(&format!("SELECT session_ext.create_user_session('{token}')"))
+            .unwrap()
+            .unwrap();
         Spi::run("RESET ROLE").unwrap();
         let row = format!(
             "SELECT count(*) FROM session_ext.user_sessions

@@ -1,0 +1,52 @@
+-- Objects and layout (SPEC §2): table, columns, indexes, types, roles, RLS, pg_dump registration.
+\ir fixtures/begin.sql
+SELECT plan(22);
+
+SELECT has_schema('session_ext');
+SELECT has_table('session_ext', 'user_sessions', 'the sessions table exists');
+SELECT columns_are('session_ext', 'user_sessions', ARRAY[
+    'id', 'user_id', 'session_id', 'token_hash', 'session_data', 'data_version', 'device_info',
+    'user_agent', 'ip_address', 'fingerprint_hash', 'created_at', 'last_active_at', 'expires_at',
+    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason'
+]);
+SELECT col_is_pk('session_ext', 'user_sessions', 'id', 'id is the primary key');
+SELECT col_type_is('session_ext', 'user_sessions', 'token_hash', 'bytea', 'only a hash of the token is stored');
+SELECT col_not_null('session_ext', 'user_sessions', 'user_id', 'user_id is required');
+SELECT col_is_unique('session_ext', 'user_sessions', 'session_id', 'session_id is unique');
+SELECT col_is_unique('session_ext', 'user_sessions', 'token_hash', 'token_hash is unique');
+
+-- Every lookup the functions make is served by an index.
+SELECT index_is_unique('session_ext', 'user_sessions', 'user_sessions_token_hash_key', 'token lookup is one unique index probe');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_user_idx', ARRAY['user_id', 'created_at'], 'per-user index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until'], 'expiry index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at'], 'revocation index');
+
+SELECT has_type('session_ext', 'session_info', 'session_info type');
+SELECT hasnt_column('session_ext', 'session_info', 'token_hash', 'session_info carries no secret');
+SELECT has_type('session_ext', 'new_session', 'new_session type');
+
+SELECT ok(relrowsecurity AND relforcerowsecurity, 'row-level security is enabled and forced')
+  FROM pg_catalog.pg_class WHERE oid = 'session_ext.user_sessions'::regclass;
+SELECT policies_are('session_ext', 'user_sessions',
+    ARRAY['user_sessions_select_own', 'user_sessions_select_admin']);
+SELECT policy_cmd_is('session_ext', 'user_sessions', 'user_sessions_select_own', 'select',
+    'users may only read; there is no write policy');
+
+SELECT is(rolcanlogin, false, 'session_ext_user exists and cannot log in')
+  FROM pg_catalog.pg_roles WHERE rolname = 'session_ext_user';
+SELECT is(rolcanlogin, false, 'session_ext_admin exists and cannot log in')
+  FROM pg_catalog.pg_roles WHERE rolname = 'session_ext_admin';
+
+SELECT ok('session_ext.user_sessions'::regclass = ANY (extconfig), 'pg_dump keeps the sessions')
+  FROM pg_catalog.pg_extension WHERE extname = 'session_ext';
+
+SELECT is(
+    (SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM pg_catalog.pg_extension e,
+            LATERAL (VALUES ('schema', e.extnamespace::regnamespace::text),
+                            ('relocatable', e.extrelocatable::text)) AS c(k, v)
+      WHERE e.extname = 'session_ext'),
+    'relocatable=false,schema=session_ext',
+    'installed in schema session_ext, not relocatable');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,84 @@
+-- Roles and privileges (SPEC §2, §3): who may execute what, definer functions with a pinned
+-- search_path, and that a user cannot reach the table except through the functions.
+\ir fixtures/begin.sql
+SELECT plan(32);
+
+-- The catalog rules every function in the schema must follow.
+SELECT is(
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+      WHERE p.pronamespace = 'session_ext'::regnamespace
+        AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)),
+    NULL, 'every function pins search_path = pg_catalog, pg_temp');
+SELECT is(
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+      WHERE p.pronamespace = 'session_ext'::regnamespace
+        AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')),
+    NULL, 'no function is executable by PUBLIC');
+SELECT is(
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+      WHERE p.pronamespace = 'session_ext'::regnamespace AND NOT p.prosecdef
+        AND p.proname <> 'current_user_id'),
+    NULL, 'every API function is SECURITY DEFINER (current_user_id runs as its caller)');
+
+SELECT is_definer('session_ext', 'create_user_session', ARRAY['text'], 'create (token) is a definer function');
+SELECT is_definer('session_ext', 'validate_session', ARRAY['text', 'text'], 'validate_session is a definer function');
+SELECT is_definer('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'cleanup is a definer function');
+
+-- Who may execute: anon nothing; authenticated the self-service API; service_role everything.
+SELECT function_privs_are('session_ext', 'validate_session', ARRAY['text', 'text'], 'anon', ARRAY[]::text[]);
+SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'anon', ARRAY[]::text[]);
+SELECT function_privs_are('session_ext', 'create_user_session', ARRAY['text'], 'authenticated', ARRAY['EXECUTE']);
+SELECT function_privs_are('session_ext', 'validate_session', ARRAY['text', 'text'], 'authenticated', ARRAY['EXECUTE']);
+SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'authenticated', ARRAY[]::text[]);
+SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'service_role', ARRAY['EXECUTE']);
+
+-- anon is refused by every function with 42501.
+SET LOCAL ROLE anon;
+SELECT throws_ok($$SELECT session_ext.current_user_id()$$, '42501', NULL, 'anon: current_user_id');
+SELECT throws_ok($$SELECT session_ext.create_user_session('tttttttttttttttttttttttttttttttttttttttt')$$, '42501', NULL, 'anon: create (token)');
+SELECT throws_ok($$SELECT session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}')$$, '42501', NULL, 'anon: create (data)');
+SELECT throws_ok($$SELECT session_ext.create_user_session(user_id => gen_random_uuid(), session_id => 'x')$$, '42501', NULL, 'anon: create (id)');
+SELECT throws_ok($$SELECT session_ext.is_session_active(gen_random_uuid())$$, '42501', NULL, 'anon: is_session_active');
+SELECT throws_ok($$SELECT session_ext.validate_session('tttttttttttttttttttttttttttttttttttttttt')$$, '42501', NULL, 'anon: validate_session');
+SELECT throws_ok($$SELECT session_ext.cleanup_expired_sessions()$$, '42501', NULL, 'anon: cleanup_expired_sessions');
+SELECT throws_ok($$SELECT count(*) FROM session_ext.user_sessions$$, '42501', NULL, 'anon: the table');
+RESET ROLE;
+
+-- Sessions of two users, created by an admin.
+\o /dev/null
+CREATE TEMP TABLE made ON COMMIT DROP AS
+SELECT 'alice' AS who, * FROM session_ext.create_user_session(user_id => :alice, session_data => '{"n":1}')
+UNION ALL
+SELECT 'bob', * FROM session_ext.create_user_session(user_id => :bob, session_data => '{"n":2}');
+GRANT SELECT ON made TO PUBLIC;
+\o
+
+-- A user reads its own rows only, without the secret columns, and writes nothing directly.
+SET LOCAL ROLE authenticated;
+SET LOCAL request.jwt.claims = :alice_claims;
+SELECT results_eq($$SELECT user_id FROM session_ext.user_sessions$$, ARRAY[:alice::uuid], 'alice sees only her session');
+SELECT throws_ok($$SELECT token_hash FROM session_ext.user_sessions$$, '42501', NULL, 'token_hash is not readable');
+SELECT throws_ok($$SELECT fingerprint_hash FROM session_ext.user_sessions$$, '42501', NULL, 'fingerprint_hash is not readable');
+SELECT throws_ok($$INSERT INTO session_ext.user_sessions (id, user_id, session_id, expires_at, valid_until)
+                   VALUES (gen_random_uuid(), $$ || quote_literal(:alice) || $$, 'forged', now() + '1d', now() + '1d')$$,
+                 '42501', NULL, 'no direct INSERT');
+SELECT throws_ok($$UPDATE session_ext.user_sessions SET expires_at = now() + '10 years'$$, '42501', NULL, 'no direct UPDATE');
+SELECT throws_ok($$DELETE FROM session_ext.user_sessions$$, '42501', NULL, 'no direct DELETE');
+
+-- Alice cannot use, see or act on Bob's session.
+SELECT is((SELECT session_ext.validate_session(token) FROM made WHERE who = 'bob'), NULL, 'bob''s token does not validate for alice');
+SELECT is((SELECT session_ext.is_session_active(id) FROM made WHERE who = 'bob'), false, 'bob''s session reads as inactive for alice');
+SELECT is((SELECT (session_ext.validate_session(token)).user_id FROM made WHERE who = 'alice'), :alice::uuid, 'her own token validates');
+SELECT throws_ok($$SELECT session_ext.create_user_session(user_id => $$ || quote_literal(:bob) || $$, session_data => '{}')$$,
+                 '42501', 'permission denied for the sessions of another user', 'alice cannot create a session for bob');
+SELECT throws_ok($$SELECT session_ext.cleanup_expired_sessions()$$, '42501', NULL, 'a user cannot run cleanup');
+
+-- service_role (BYPASSRLS, session_ext_admin) acts for any user.
+RESET ROLE;
+SET LOCAL ROLE service_role;
+SET LOCAL request.jwt.claims = '{"role":"service_role"}';
+SELECT is((SELECT count(*) FROM made WHERE session_ext.is_session_active(id)), 2::bigint, 'service_role sees every session');
+RESET ROLE;
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up the machine, builds and installs session_ext, starts a throwaway cluster with the
+# library preloaded, and walks through a session's lifecycle in SQL. Safe to run again: the
+# cluster is recreated each time.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+PORT="${SESSION_EXT_DEMO_PORT:-28815}"
+setup
+install_extension
+say "starting a throwaway cluster on port $PORT"
+cluster_create demo "$PORT" "shared_preload_libraries = 'session_ext'"
+cluster_start demo
+say "the demo"
+cluster_psql demo -f "$ROOT/scripts/demo.sql"
+
+dir="$(cluster_dir demo)"
+say "done"
+cat <<MSG
+The demo cluster is still running. To connect:
+    psql -h $dir/sock -p $PORT -U postgres
+To stop it:
+    sudo -u postgres $PG_BIN/pg_ctl -D $dir/data stop
+MSG

@@ -1,0 +1,199 @@
+//! Throwaway PostgreSQL clusters for the integration tests.
+//!
+//! Servers run as the `postgres` OS user (PostgreSQL refuses root) under the run directory the
+//! test script exports as SESSION_EXT_RUN_DIR, each on a free port with its own socket
+//! directory. A test binary shares one cluster and gives each test a fresh database cloned
+//! from a template that already has session_ext and the Supabase roles set up.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const TEMPLATE: &str = "session_ext_template";
+const SUPABASE_ROLES: &str = include_str!("../../pg_test/fixtures/supabase_roles.sql");
+const GRANT_API_ROLES: &str = include_str!("../../pg_test/fixtures/grant_api_roles.sql");
+
+pub const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
+pub const BOB: &str = "b0b00000-0000-4000-8000-000000000002";
+
+fn run_dir() -> PathBuf {
+    std::env::var_os("SESSION_EXT_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/session_ext"))
+}
+
+/// Runs a command as the postgres OS user and fails the test with its output if it fails.
+pub fn as_postgres(program: &str, args: &[&str]) -> Output {
+    let mut command = if running_as("postgres") {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.args(["-u", "postgres", program]);
+        sudo
+    };
+    let output = command.args(args).current_dir("/").output().expect("running a PostgreSQL tool");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn running_as(user: &str) -> bool {
+    std::env::var("USER").is_ok_and(|u| u == user)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local port").port()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub data: String,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// A new cluster named `name` (an old one of that name is removed), with `conf` appended to
+    /// postgresql.conf, started and ready.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let dir = run_dir().join("it").join(name);
+        if dir.join("data/postmaster.pid").exists() {
+            // Left running by an earlier, interrupted run.
+            let data = dir.join("data").to_string_lossy().into_owned();
+            let _ = Command::new("sudo")
+                .args(["-u", "postgres", &format!("{PG_BIN}/pg_ctl"), "-D", &data, "-m", "immediate", "stop"])
+                .current_dir("/")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sock")).expect("creating the cluster directory");
+        let status =
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(run_dir().join("it")).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown of the cluster directory");
+        let data = dir.join("data").to_string_lossy().into_owned();
+        let cluster = Cluster { dir, data, port: free_port() };
+        as_postgres(
+            &format!("{PG_BIN}/initdb"),
+            &[
+                "-D",
+                &cluster.data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+        );
+        let mut settings = vec![
+            format!("port = {}", cluster.port),
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", cluster.socket_dir()),
+            "fsync = off".to_string(),
+        ];
+        settings.extend(conf.iter().map(|s| s.to_string()));
+        let conf_file = cluster.dir.join("data/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_file).expect("reading postgresql.conf");
+        text.push_str(&settings.join("\n"));
+        text.push('\n');
+        std::fs::write(&conf_file, text).expect("writing postgresql.conf");
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
+        cluster
+    }
+
+    fn socket_dir(&self) -> String {
+        self.dir.join("sock").to_string_lossy().into_owned()
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-D", self.data.as_str()];
+        all.extend_from_slice(args);
+        as_postgres(&format!("{PG_BIN}/pg_ctl"), &all)
+    }
+
+    pub fn connect(&self, user: &str, database: &str) -> Client {
+        postgres::Config::new()
+            .host(&self.socket_dir())
+            .port(self.port)
+            .user(user)
+            .dbname(database)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connecting as {user} to {database}: {e}"))
+    }
+
+    /// Creates the template database: session_ext installed and set up as the README's
+    /// Supabase recipe says, with the Supabase roles.
+    fn prepare_template(&self) {
+        let mut admin = self.connect("postgres", "postgres");
+        admin.batch_execute(SUPABASE_ROLES).expect("creating the Supabase roles");
+        admin.batch_execute(&format!("CREATE DATABASE {TEMPLATE}")).expect("creating the template");
+        let mut template = self.connect("postgres", TEMPLATE);
+        template.batch_execute("CREATE EXTENSION session_ext").expect("CREATE EXTENSION session_ext");
+        template.batch_execute(GRANT_API_ROLES).expect("granting the API roles");
+    }
+
+    /// A new database with session_ext ready, private to the calling test.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // CREATE DATABASE copies the template only while nobody else is copying it.
+        static CLONING: Mutex<()> = Mutex::new(());
+        let name = format!("t{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let _guard = CLONING.lock().unwrap_or_else(|e| e.into_inner());
+        self.connect("postgres", "postgres")
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .expect("cloning the template database");
+        name
+    }
+}
+
+/// The cluster shared by the tests of one test binary.
+pub fn shared_cluster(name: &str) -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = Cluster::start(name, &["shared_preload_libraries = 'session_ext'"]);
+        cluster.prepare_template();
+        cluster
+    })
+}
+
+/// The SQLSTATE of a failed call, for assertions.
+pub fn sqlstate(result: Result<impl std::fmt::Debug, postgres::Error>) -> String {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| panic!("not a server error: {e}")),
+    }
+}
+
+/// JWT claims as PostgREST puts them in `request.jwt.claims`.
+pub fn claims(user: &str) -> String {
+    format!(r#"{{"sub":"{user}","role":"authenticated"}}"#)
+}
+
+/// One PostgREST request: a transaction that takes on `role` and `claims` with
+/// `set_config(..., true)`, then runs `call`, then commits.
+pub fn request<T>(
+    client: &mut Client,
+    role: &str,
+    claims: &str,
+    call: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
+        &[&role, &claims],
+    )?;
+    let out = call(&mut tx)?;
+    tx.commit()?;
+    Ok(out)
+}
