@@ -1,11 +1,11 @@
 -- Objects and layout (SPEC §2): table, columns, indexes, types, roles, RLS, pg_dump registration.
 \ir fixtures/begin.sql
-SELECT plan(22);
+SELECT plan(28);
 
 SELECT has_schema('session_ext');
 SELECT has_table('session_ext', 'user_sessions', 'the sessions table exists');
 SELECT columns_are('session_ext', 'user_sessions', ARRAY[
-    'id', 'user_id', 'session_id', 'token_hash', 'session_data', 'data_version', 'device_info',
+    'id', 'user_id', 'session_id', 'token_hash', 'previous_token_hash', 'rotated_at', 'session_data', 'data_version', 'device_info',
     'user_agent', 'ip_address', 'fingerprint_hash', 'created_at', 'last_active_at', 'expires_at',
     'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason'
 ]);
@@ -20,6 +20,18 @@ SELECT index_is_unique('session_ext', 'user_sessions', 'user_sessions_token_hash
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_user_idx', ARRAY['user_id', 'created_at'], 'per-user index');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until'], 'expiry index');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at'], 'revocation index');
+
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_previous_token_idx', ARRAY['previous_token_hash'], 'reuse detection index');
+
+SELECT has_table('session_ext', 'session_audit_log', 'the audit log exists');
+SELECT columns_are('session_ext', 'session_audit_log', ARRAY[
+    'id', 'occurred_at', 'event', 'session_id', 'user_id', 'actor_role', 'actor_user_id', 'ip_address', 'details'
+]);
+SELECT has_index('session_ext', 'session_audit_log', 'session_audit_log_occurred_idx', ARRAY['occurred_at'], 'pruning index');
+SELECT ok(relrowsecurity AND relforcerowsecurity, 'the audit log has forced row-level security')
+  FROM pg_catalog.pg_class WHERE oid = 'session_ext.session_audit_log'::regclass;
+SELECT policies_are('session_ext', 'session_audit_log',
+    ARRAY['session_audit_log_select_own', 'session_audit_log_select_admin']);
 
 SELECT has_type('session_ext', 'session_info', 'session_info type');
 SELECT hasnt_column('session_ext', 'session_info', 'token_hash', 'session_info carries no secret');
@@ -37,7 +49,8 @@ SELECT is(rolcanlogin, false, 'session_ext_user exists and cannot log in')
 SELECT is(rolcanlogin, false, 'session_ext_admin exists and cannot log in')
   FROM pg_catalog.pg_roles WHERE rolname = 'session_ext_admin';
 
-SELECT ok('session_ext.user_sessions'::regclass = ANY (extconfig), 'pg_dump keeps the sessions')
+SELECT ok('session_ext.user_sessions'::regclass = ANY (extconfig)
+          AND 'session_ext.session_audit_log'::regclass = ANY (extconfig), 'pg_dump keeps sessions and audit rows')
   FROM pg_catalog.pg_extension WHERE extname = 'session_ext';
 
 SELECT is(

@@ -1,7 +1,8 @@
 -- Roles and privileges (SPEC §2, §3): who may execute what, definer functions with a pinned
 -- search_path, and that a user cannot reach the table except through the functions.
 \ir fixtures/begin.sql
-SELECT plan(32);
+SELECT plan(29 + (SELECT count(*)::int FROM pg_catalog.pg_proc
+                    WHERE pronamespace = 'session_ext'::regnamespace));
 
 -- The catalog rules every function in the schema must follow.
 SELECT is(
@@ -32,16 +33,28 @@ SELECT function_privs_are('session_ext', 'validate_session', ARRAY['text', 'text
 SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'authenticated', ARRAY[]::text[]);
 SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'service_role', ARRAY['EXECUTE']);
 
--- anon is refused by every function with 42501.
+-- anon is refused by every function with 42501, and by the tables.
+CREATE FUNCTION pg_temp.called_by_anon() RETURNS SETOF text LANGUAGE plpgsql AS $f$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure AS signature, p.proname,
+               (SELECT string_agg('NULL::' || pg_catalog.format_type(t, NULL), ', ')
+                  FROM unnest(p.proargtypes::oid[]) AS t) AS nulls
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'session_ext'::regnamespace
+         ORDER BY 1
+    LOOP
+        RETURN NEXT throws_ok(format('SELECT session_ext.%I(%s)', f.proname, coalesce(f.nulls, '')),
+                              '42501', NULL, 'anon: ' || f.signature);
+    END LOOP;
+END
+$f$;
 SET LOCAL ROLE anon;
-SELECT throws_ok($$SELECT session_ext.current_user_id()$$, '42501', NULL, 'anon: current_user_id');
-SELECT throws_ok($$SELECT session_ext.create_user_session('tttttttttttttttttttttttttttttttttttttttt')$$, '42501', NULL, 'anon: create (token)');
-SELECT throws_ok($$SELECT session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}')$$, '42501', NULL, 'anon: create (data)');
-SELECT throws_ok($$SELECT session_ext.create_user_session(user_id => gen_random_uuid(), session_id => 'x')$$, '42501', NULL, 'anon: create (id)');
-SELECT throws_ok($$SELECT session_ext.is_session_active(gen_random_uuid())$$, '42501', NULL, 'anon: is_session_active');
-SELECT throws_ok($$SELECT session_ext.validate_session('tttttttttttttttttttttttttttttttttttttttt')$$, '42501', NULL, 'anon: validate_session');
-SELECT throws_ok($$SELECT session_ext.cleanup_expired_sessions()$$, '42501', NULL, 'anon: cleanup_expired_sessions');
-SELECT throws_ok($$SELECT count(*) FROM session_ext.user_sessions$$, '42501', NULL, 'anon: the table');
+SELECT * FROM pg_temp.called_by_anon();
+SELECT throws_ok($$SELECT count(*) FROM session_ext.user_sessions$$, '42501', NULL, 'anon: the sessions table');
+SELECT throws_ok($$SELECT count(*) FROM session_ext.session_audit_log$$, '42501', NULL, 'anon: the audit log');
 RESET ROLE;
 
 -- Sessions of two users, created by an admin.
@@ -59,6 +72,9 @@ SET LOCAL request.jwt.claims = :alice_claims;
 SELECT results_eq($$SELECT user_id FROM session_ext.user_sessions$$, ARRAY[:alice::uuid], 'alice sees only her session');
 SELECT throws_ok($$SELECT token_hash FROM session_ext.user_sessions$$, '42501', NULL, 'token_hash is not readable');
 SELECT throws_ok($$SELECT fingerprint_hash FROM session_ext.user_sessions$$, '42501', NULL, 'fingerprint_hash is not readable');
+SELECT throws_ok($$SELECT previous_token_hash FROM session_ext.user_sessions$$, '42501', NULL, 'previous_token_hash is not readable');
+SELECT results_eq($$SELECT DISTINCT user_id FROM session_ext.session_audit_log$$, ARRAY[:alice::uuid], 'alice reads only her own events');
+SELECT throws_ok($$DELETE FROM session_ext.session_audit_log$$, '42501', NULL, 'no direct DELETE of audit rows');
 SELECT throws_ok($$INSERT INTO session_ext.user_sessions (id, user_id, session_id, expires_at, valid_until)
                    VALUES (gen_random_uuid(), $$ || quote_literal(:alice) || $$, 'forged', now() + '1d', now() + '1d')$$,
                  '42501', NULL, 'no direct INSERT');

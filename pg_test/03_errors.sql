@@ -1,16 +1,20 @@
 -- Errors are part of the API (SPEC §7): each refusal has its SQLSTATE, and a refused call
 -- writes nothing. Calls are made as PostgREST makes them: role authenticated, JWT claims set.
 \ir fixtures/begin.sql
-SELECT plan(98);
+SELECT plan(161);
 
-CREATE FUNCTION pg_temp.rows() RETURNS bigint LANGUAGE sql SECURITY DEFINER
-    AS 'SELECT count(*) FROM session_ext.user_sessions';
+-- Everything session_ext stores, as one value: equal before and after means nothing was written.
+CREATE FUNCTION pg_temp.rows() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
+    SELECT pg_catalog.md5(
+        coalesce((SELECT string_agg(s::text, ',' ORDER BY s.id) FROM session_ext.user_sessions s), '') ||
+        coalesce((SELECT string_agg(a::text, ',' ORDER BY a.id) FROM session_ext.session_audit_log a), ''))
+$$;
 
 -- throws_ok, plus the proof that the table did not change.
 CREATE FUNCTION pg_temp.refused(call text, errcode text, message text, description text)
 RETURNS SETOF text LANGUAGE plpgsql AS $f$
 DECLARE
-    before bigint := pg_temp.rows();
+    before text := pg_temp.rows();
 BEGIN
     RETURN NEXT throws_ok(call, errcode, message, description);
     RETURN NEXT is(pg_temp.rows(), before, description || ': nothing written');
@@ -31,9 +35,11 @@ EXCEPTION WHEN OTHERS THEN
 END
 $f$;
 
--- A session Alice already has, to collide with.
+-- Sessions to collide with and to act on: Alice's, and Bob's (with his token kept).
 \o /dev/null
 SELECT session_ext.create_user_session(user_id => :alice, session_id => 'taken');
+SELECT id AS bob_id, token AS bob_token FROM session_ext.create_user_session(user_id => :bob, session_data => '{}') \gset
+SELECT id AS alice_id FROM session_ext.create_user_session(user_id => :alice, session_data => '{"v": 1}') \gset
 SET LOCAL session_ext.max_session_data_bytes = 100;
 SET LOCAL ROLE authenticated;
 SET LOCAL request.jwt.claims = :alice_claims;
@@ -69,6 +75,39 @@ SELECT * FROM pg_temp.refused($$SELECT session_ext.validate_session(NULL)$$, '22
 SELECT * FROM pg_temp.refused($$SELECT session_ext.validate_session('short')$$, '22023', NULL, 'validate_session with a short token');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.validate_session(repeat('a', 40), '')$$, '22023', 'invalid value for argument "fingerprint"', 'validate_session with an empty fingerprint');
 
+SELECT * FROM pg_temp.refused($$SELECT session_ext.update_session_data(NULL, '{}')$$, '22023', 'invalid value for argument "session_id"', 'update_session_data: NULL session_id');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, NULL)$$, :'alice_id'), '22023', 'invalid value for argument "session_data"', 'update_session_data: NULL data');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '[1]')$$, :'alice_id'), '22023', NULL, 'update_session_data: array data');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '{}', expected_version => 0)$$, :'alice_id'), '22023', 'invalid value for argument "expected_version"', 'update_session_data: version 0');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '{}', merge => NULL)$$, :'alice_id'), '22023', 'invalid value for argument "merge"', 'update_session_data: NULL merge');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, json_build_object('pad', repeat('x', 200))::jsonb)$$, :'alice_id'), '22023', NULL, 'update_session_data: over the size limit');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.rotate_session_token(NULL)$$, '22023', 'invalid value for argument "session_token"', 'rotate_session_token(NULL)');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.rotate_session_token('short')$$, '22023', NULL, 'rotate_session_token with a short token');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.touch_session(NULL)$$, '22023', NULL, 'touch_session(NULL)');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.get_session(NULL)$$, '22023', NULL, 'get_session(NULL)');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.revoke_session(NULL)$$, '22023', NULL, 'revoke_session(NULL)');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_session(%L, '')$$, :'alice_id'), '22023', 'invalid value for argument "reason"', 'revoke_session with an empty reason');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_session(%L, NULL)$$, :'alice_id'), '22023', NULL, 'revoke_session with a NULL reason');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_session(%L, repeat('r', 129))$$, :'alice_id'), '22023', NULL, 'revoke_session with a 129-character reason');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.revoke_other_sessions(NULL)$$, '22023', 'invalid value for argument "current_session_id"', 'revoke_other_sessions(NULL)');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.revoke_all_user_sessions(reason => ' ')$$, '22023', NULL, 'revoke_all_user_sessions with a blank reason');
+
+-- 40001: a stale expected_version, with both versions in DETAIL.
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '{}', expected_version => 7)$$, :'alice_id'), '40001', 'session data was changed by someone else', 'update_session_data: stale version');
+SELECT is(pg_temp.error_of(format($$SELECT session_ext.update_session_data(%L, '{}', expected_version => 7)$$, :'alice_id')),
+    ARRAY['40001', 'session data was changed by someone else', 'expected_version is 7, but the session is at version 1.',
+          'Read the session again, then retry with its current data_version.'],
+    'the stale-version error names both versions');
+
+-- 53400: the creation rate limit.
+RESET ROLE;
+SET LOCAL session_ext.max_creates_per_minute = 3;
+SET LOCAL ROLE authenticated;
+SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => session_ext.current_user_id(), session_data => '{}')$$, '53400', 'too many sessions created for this user', 'the fourth creation in a minute');
+RESET ROLE;
+SET LOCAL session_ext.max_creates_per_minute = 0;
+SET LOCAL ROLE authenticated;
+
 -- 23505: taken ids and tokens.
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => session_ext.current_user_id(), session_id => 'taken')$$, '23505', 'session_id "taken" is already taken', 'duplicate session_id');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session('client-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa')$$, '23505', 'session_token is already in use', 'duplicate client token');
@@ -77,6 +116,15 @@ SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session('client-t
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => $$ || quote_literal(:bob) || $$, session_data => '{}')$$, '42501', 'permission denied for the sessions of another user', 'create for another user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => $$ || quote_literal(:bob) || $$, session_id => 'bobs')$$, '42501', NULL, 'create with a custom id for another user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.cleanup_expired_sessions()$$, '42501', NULL, 'cleanup as a user');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '{}')$$, :'bob_id'), '42501', NULL, 'update another user''s data');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.rotate_session_token(%L)$$, :'bob_token'), '42501', NULL, 'rotate another user''s token');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.touch_session(%L)$$, :'bob_id'), '42501', NULL, 'touch another user''s session');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.get_session(%L)$$, :'bob_id'), '42501', NULL, 'get another user''s session');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_session(%L)$$, :'bob_id'), '42501', NULL, 'revoke another user''s session');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_other_sessions(%L)$$, :'bob_id'), '42501', NULL, 'revoke around another user''s session');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.revoke_all_user_sessions($$ || quote_literal(:bob) || $$)$$, '42501', NULL, 'revoke all of another user''s sessions');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.list_user_sessions($$ || quote_literal(:bob) || $$)$$, '42501', NULL, 'list another user''s sessions');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.count_user_sessions($$ || quote_literal(:bob) || $$)$$, '42501', NULL, 'count another user''s sessions');
 
 -- 22P02: a sub claim that is not a UUID.
 SET LOCAL request.jwt.claims = '{"sub":"alice","role":"authenticated"}';
@@ -96,6 +144,10 @@ SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id =
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => gen_random_uuid(), session_id => 'nobody')$$, '28000', NULL, 'create (id) without a user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.validate_session(repeat('c', 40))$$, '28000', NULL, 'validate without a user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.is_session_active(gen_random_uuid())$$, '28000', NULL, 'is_session_active without a user');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.list_user_sessions()$$, '28000', NULL, 'list without a user');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.count_user_sessions()$$, '28000', NULL, 'count without a user');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.revoke_all_user_sessions()$$, '28000', NULL, 'revoke all without a user');
+SELECT * FROM pg_temp.refused(format($$SELECT session_ext.revoke_session(%L)$$, :'alice_id'), '28000', NULL, 'revoke without a user');
 SET LOCAL request.jwt.claims = '';
 SELECT * FROM pg_temp.refused($$SELECT session_ext.validate_session(repeat('c', 40))$$, '28000', NULL, 'validate with empty claims');
 

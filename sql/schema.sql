@@ -21,6 +21,9 @@ CREATE TABLE session_ext.user_sessions (
     user_id          uuid        NOT NULL,
     session_id       text        NOT NULL UNIQUE,
     token_hash       bytea       UNIQUE,
+    -- The token this session had before its last rotation: presenting it again is reuse.
+    previous_token_hash bytea,
+    rotated_at       timestamptz,
     session_data     jsonb       NOT NULL DEFAULT '{}'::jsonb,
     data_version     bigint      NOT NULL DEFAULT 1,
     device_info      text,
@@ -38,6 +41,7 @@ CREATE TABLE session_ext.user_sessions (
     revoke_reason    text,
     CONSTRAINT session_data_is_object CHECK (pg_catalog.jsonb_typeof(session_data) = 'object'),
     CONSTRAINT token_hash_is_sha256 CHECK (pg_catalog.length(token_hash) = 32),
+    CONSTRAINT previous_token_hash_is_sha256 CHECK (pg_catalog.length(previous_token_hash) = 32),
     CONSTRAINT fingerprint_hash_is_sha256 CHECK (pg_catalog.length(fingerprint_hash) = 32),
     CONSTRAINT idle_timeout_is_positive CHECK (idle_timeout > interval '0'),
     CONSTRAINT revoked_with_reason CHECK ((revoked_at IS NULL) = (revoke_reason IS NULL)),
@@ -48,9 +52,32 @@ CREATE TABLE session_ext.user_sessions (
 CREATE INDEX user_sessions_user_idx ON session_ext.user_sessions (user_id, created_at);
 -- Cleanup of expired rows, absolute or idle.
 CREATE INDEX user_sessions_valid_until_idx ON session_ext.user_sessions (valid_until);
+-- Reuse detection: a rotated-away token is looked up only when the current ones miss.
+CREATE UNIQUE INDEX user_sessions_previous_token_idx ON session_ext.user_sessions (previous_token_hash)
+    WHERE previous_token_hash IS NOT NULL;
 -- Cleanup of revoked rows past their retention.
 CREATE INDEX user_sessions_revoked_idx ON session_ext.user_sessions (revoked_at)
     WHERE revoked_at IS NOT NULL;
+
+-- One row per session event (SPEC §6), written in the transaction of the change.
+CREATE TABLE session_ext.session_audit_log (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    occurred_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    event         text        NOT NULL,
+    session_id    uuid,
+    user_id       uuid,
+    actor_role    text        NOT NULL,
+    actor_user_id uuid,
+    ip_address    inet,
+    details       jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    CONSTRAINT event_is_known CHECK (event IN ('create', 'rotate', 'token_reuse', 'revoke',
+        'data_update', 'suspicious', 'rate_limited', 'cleanup'))
+);
+
+-- A user's own events, newest first; pruning by age.
+CREATE INDEX session_audit_log_user_idx ON session_ext.session_audit_log (user_id, occurred_at);
+CREATE INDEX session_audit_log_occurred_idx ON session_ext.session_audit_log (occurred_at);
+CREATE INDEX session_audit_log_session_idx ON session_ext.session_audit_log (session_id);
 
 -- What the API returns about a session: every column except the secret hashes.
 CREATE TYPE session_ext.session_info AS (

@@ -19,13 +19,16 @@ pub const JSONB: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBOID);
 pub const INET: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INETOID);
 pub const INTERVAL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INTERVALOID);
 pub const INT4: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT4OID);
+pub const INT8: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8OID);
+pub const BOOL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
 
 /// One statement of the API, planned on first use in a backend and then reused.
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [PgOid],
-    /// Writes need a fresh snapshot and command counter; reads run read-only and cheaper.
-    pub writes: bool,
+    /// Statements of VOLATILE functions take a fresh snapshot and see earlier commands of the
+    /// transaction; those of STABLE functions read within the calling query's snapshot.
+    pub volatile: bool,
 }
 
 thread_local! {
@@ -33,12 +36,14 @@ thread_local! {
 }
 
 impl Statement {
-    pub const fn read(sql: &'static str, args: &'static [PgOid]) -> Self {
-        Self { sql, args, writes: false }
+    /// A statement of a VOLATILE function.
+    pub const fn new(sql: &'static str, args: &'static [PgOid]) -> Self {
+        Self { sql, args, volatile: true }
     }
 
-    pub const fn write(sql: &'static str, args: &'static [PgOid]) -> Self {
-        Self { sql, args, writes: true }
+    /// A read-only statement of a STABLE function.
+    pub const fn stable(sql: &'static str, args: &'static [PgOid]) -> Self {
+        Self { sql, args, volatile: false }
     }
 
     fn plan(&'static self, client: &SpiClient<'_>) -> Rc<OwnedPreparedStatement> {
@@ -46,7 +51,7 @@ impl Statement {
         if let Some(plan) = PLANS.with_borrow(|plans| plans.get(&key).cloned()) {
             return plan;
         }
-        let prepared = if self.writes {
+        let prepared = if self.volatile {
             client.prepare_mut(self.sql, self.args)
         } else {
             client.prepare(self.sql, self.args)
@@ -56,31 +61,73 @@ impl Statement {
         plan
     }
 
-    /// Runs the statement; the result is positioned on its first row, if any.
-    pub fn run<'conn>(
+    /// Runs the statement; iterate the result for its rows.
+    pub fn rows<'conn>(
         &'static self,
         client: &SpiClient<'conn>,
         args: &[DatumWithOid<'_>],
     ) -> SpiTupleTable<'conn> {
         let plan = self.plan(client);
-        let table =
-            (&*plan).execute(client, None, args).unwrap_or_else(|e| panic!("running {:?}: {e}", self.sql));
-        table.first()
+        (&*plan).execute(client, None, args).unwrap_or_else(|e| panic!("running {:?}: {e}", self.sql))
+    }
+
+    /// Runs a statement that yields at most one row, and returns the result positioned on it.
+    pub fn one<'conn>(
+        &'static self,
+        client: &SpiClient<'conn>,
+        args: &[DatumWithOid<'_>],
+    ) -> Option<SpiTupleTable<'conn>> {
+        let table = self.rows(client, args);
+        (!table.is_empty()).then(|| table.first())
+    }
+
+    /// Runs the statement and calls `f` with the result positioned on each row in turn; returns
+    /// how many rows there were.
+    pub fn each<'conn>(
+        &'static self,
+        client: &SpiClient<'conn>,
+        args: &[DatumWithOid<'_>],
+        mut f: impl FnMut(&SpiTupleTable<'conn>),
+    ) -> usize {
+        let mut table = self.rows(client, args);
+        let mut rows = 0;
+        // Advancing the iterator moves the table's position to the row it yields.
+        while table.next().is_some() {
+            f(&table);
+            rows += 1;
+        }
+        rows
+    }
+
+    /// Runs a statement for its effect; returns how many rows it affected.
+    pub fn count(&'static self, client: &SpiClient<'_>, args: &[DatumWithOid<'_>]) -> usize {
+        self.rows(client, args).len()
     }
 }
 
-/// Column `ordinal` (1-based) of the current row, copied out of SPI memory.
-pub fn get<T: FromDatum + IntoDatum>(table: &SpiTupleTable<'_>, ordinal: usize) -> Option<T> {
-    table.get(ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))
+/// Column access on a result positioned on a row.
+pub trait Columns {
+    fn datum(&self, ordinal: usize) -> Option<pg_sys::Datum>;
+
+    /// Column `ordinal` (1-based), copied out of SPI memory.
+    fn col<T: FromDatum + IntoDatum>(&self, ordinal: usize) -> Option<T>;
+
+    /// Column `ordinal` as a raw varlena datum moved out of SPI's memory into the caller's,
+    /// so it outlives the SPI connection and can be returned as is.
+    fn varlena(&self, ordinal: usize) -> Option<pg_sys::Datum> {
+        // SAFETY: a varlena datum of this row, copied while SPI is still connected.
+        self.datum(ordinal).map(|datum| unsafe { pg_sys::SPI_datumTransfer(datum, false, -1) })
+    }
 }
 
-/// Column `ordinal` of the current row as a raw varlena datum moved out of SPI's memory into the
-/// caller's, so it outlives the SPI connection and can be returned as is.
-pub fn get_varlena(table: &SpiTupleTable<'_>, ordinal: usize) -> Option<pg_sys::Datum> {
-    let datum =
-        table.get_datum_by_ordinal(ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))?;
-    // SAFETY: a varlena datum of the current row, copied while SPI is still connected.
-    Some(unsafe { pg_sys::SPI_datumTransfer(datum, false, -1) })
+impl Columns for SpiTupleTable<'_> {
+    fn datum(&self, ordinal: usize) -> Option<pg_sys::Datum> {
+        self.get_datum_by_ordinal(ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))
+    }
+
+    fn col<T: FromDatum + IntoDatum>(&self, ordinal: usize) -> Option<T> {
+        SpiTupleTable::get(self, ordinal).unwrap_or_else(|e| panic!("reading column {ordinal}: {e}"))
+    }
 }
 
 /// A datum for a statement argument whose SQL type differs from the Rust type's default.

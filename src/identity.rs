@@ -144,6 +144,12 @@ pub fn require_user() -> ApiResult<Uuid> {
     })
 }
 
+/// Who acts, for the audit log: the outer role's name and, when the request carries one
+/// readable user id, that id.
+pub fn actor() -> (String, Option<Uuid>) {
+    (role_name(outer_role()), claimed_user_id().ok().flatten())
+}
+
 /// The role in effect outside this SECURITY DEFINER call: what SET ROLE or
 /// `set_config('role', ...)` chose, else the login role. Never the function's owner.
 fn outer_role() -> pg_sys::Oid {

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod api;
 mod db;
 mod errors;
+mod events;
 mod identity;
 mod settings;
 mod token;

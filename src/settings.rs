@@ -6,8 +6,8 @@
 //! `SET ON PARAMETER`) may change them, never the API's callers.
 
 use pgrx::datum::Interval;
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CStr;
+use pgrx::{pg_guard, pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::{CStr, CString};
 
 const DAY: i32 = 86_400;
 
@@ -17,7 +17,15 @@ pub static TOUCH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static MAX_SESSION_DATA_BYTES: GucSetting<i32> = GucSetting::<i32>::new(65_536);
 pub static CLEANUP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static REVOKED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+pub static MAX_SESSIONS_PER_USER: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_CREATES_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * DAY);
+pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"session_ext"));
 
+/// Upper bound of the per-user limits; beyond it a limit means nothing.
+const MAX_LIMIT: i32 = 1_000_000;
 /// Largest `session_data` accepted by the limit itself: the biggest varlena PostgreSQL stores.
 const MAX_DATA_LIMIT: i32 = 0x3FFF_FFFF;
 /// Upper bound of a cleanup batch, for the setting and the function argument alike.
@@ -88,6 +96,33 @@ const INT_SETTINGS: &[IntSetting] = &[
         max: i32::MAX,
         seconds: true,
     },
+    IntSetting {
+        name: c"session_ext.max_sessions_per_user",
+        short: c"Most active sessions one user may have (0 = no limit).",
+        long: c"Creating one more revokes the user's oldest sessions with reason session_limit.",
+        setting: &MAX_SESSIONS_PER_USER,
+        min: 0,
+        max: MAX_LIMIT,
+        seconds: false,
+    },
+    IntSetting {
+        name: c"session_ext.max_creates_per_minute",
+        short: c"Most sessions one user may create per minute (0 = no limit).",
+        long: c"create_user_session past it fails with SQLSTATE 53400.",
+        setting: &MAX_CREATES_PER_MINUTE,
+        min: 0,
+        max: MAX_LIMIT,
+        seconds: false,
+    },
+    IntSetting {
+        name: c"session_ext.audit_retention",
+        short: c"How long audit rows are kept before cleanup prunes them.",
+        long: c"cleanup_expired_sessions deletes session_audit_log rows older than this.",
+        setting: &AUDIT_RETENTION,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
 ];
 
 pub fn register() {
@@ -104,7 +139,49 @@ pub fn register() {
             flags,
         );
     }
+    GucRegistry::define_bool_guc(
+        c"session_ext.audit",
+        c"Write session events to session_ext.session_audit_log.",
+        c"One row per create, rotate, token reuse, revoke, data update, suspicious validation and cleanup batch.",
+        &AUDIT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: the check hook is #[pg_guard]ed and only reads the proposed value.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"session_ext.notify_channel",
+            c"NOTIFY channel for session events ('' = off).",
+            c"Revoke, rotate and data update send pg_notify(channel, json) with event, session id and user id.",
+            &NOTIFY_CHANNEL,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_channel),
+            None,
+            None,
+        );
+    }
     reserve_prefix();
+}
+
+/// A NOTIFY channel is an identifier: refuse one PostgreSQL would reject at every event.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_channel(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value, which may be NULL.
+    let value = unsafe { (*newval).as_ref().map(|v| CStr::from_ptr(v)) };
+    let too_long = value.is_some_and(|v| v.to_bytes().len() >= pg_sys::NAMEDATALEN as usize);
+    if too_long {
+        // SAFETY: the GUC machinery reads (and frees) this palloc'd detail after we return false.
+        unsafe {
+            pg_sys::GUC_check_errdetail_string =
+                pg_sys::pstrdup(c"A channel name has at most 63 bytes.".as_ptr());
+        }
+    }
+    !too_long
 }
 
 /// Refuses unknown `session_ext.*` names, so a typo is an error instead of a silent placeholder.
@@ -143,6 +220,15 @@ pub fn touch_interval() -> Interval {
 
 pub fn revoked_retention() -> Interval {
     seconds(REVOKED_RETENTION.get())
+}
+
+pub fn audit_retention() -> Interval {
+    seconds(AUDIT_RETENTION.get())
+}
+
+/// The NOTIFY channel, `None` when notifications are off.
+pub fn notify_channel() -> Option<CString> {
+    NOTIFY_CHANNEL.get().filter(|c| !c.is_empty())
 }
 
 #[cfg(any(test, feature = "pg_test"))]

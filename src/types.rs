@@ -3,8 +3,9 @@
 //! and composite results built by SQL are returned exactly as PostgreSQL made them.
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
-use pgrx::datum::Datum;
-use pgrx::pg_sys;
+use pgrx::datum::{Datum, TimestampWithTimeZone};
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::{pg_sys, Uuid};
 
 /// A `json` argument as the text PostgreSQL already validated.
 pub struct JsonText<'fcx>(pub &'fcx str);
@@ -18,6 +19,19 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonText<'fcx> {
 }
 
 pgrx::impl_sql_translatable!(JsonText<'_>, arg_only = "json");
+
+/// A `jsonb` argument as PostgreSQL's own datum, passed on to SQL untouched.
+pub struct JsonbDatum(pub pg_sys::Datum);
+
+// SAFETY: a non-null `jsonb` argument is a varlena datum, valid for the call.
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonbDatum {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        // SAFETY: the caller's contract: a non-null argument.
+        JsonbDatum(unsafe { arg.unbox_arg_using_from_datum::<pg_sys::Datum>() }.expect("a non-null argument"))
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbDatum, arg_only = "jsonb");
 
 /// A composite result, already formed as a datum of the SQL type its name says.
 macro_rules! composite_result {
@@ -38,3 +52,16 @@ macro_rules! composite_result {
 
 composite_result!(SessionInfo, "session_ext.session_info");
 composite_result!(NewSession, "session_ext.new_session");
+
+impl NewSession {
+    /// The `session_ext.new_session` composite: the only place a token is ever returned.
+    pub fn new(id: Uuid, session_id: String, token: String, expires_at: TimestampWithTimeZone) -> NewSession {
+        let mut tuple = PgHeapTuple::new_composite_type("session_ext.new_session")
+            .expect("type session_ext.new_session exists with the extension");
+        tuple.set_by_name("id", id).expect("new_session.id is uuid");
+        tuple.set_by_name("session_id", session_id).expect("new_session.session_id is text");
+        tuple.set_by_name("token", token).expect("new_session.token is text");
+        tuple.set_by_name("expires_at", expires_at).expect("new_session.expires_at is timestamptz");
+        NewSession(tuple.into_composite_datum().expect("a formed tuple has a datum"))
+    }
+}

@@ -4,15 +4,14 @@
 
 mod harness;
 
-use harness::{claims, request, shared_cluster, sqlstate, ALICE, BOB};
+use harness::{claims, column, fresh, request, sqlstate, ALICE, BOB};
 use postgres::Client;
 use uuid::Uuid;
 
-/// A database of its own, and PostgREST's connection to it.
+/// A database of its own: PostgREST's connection to it, and a superuser's.
 fn setup() -> (Client, Client) {
-    let cluster = shared_cluster("postgrest");
-    let db = cluster.fresh_database();
-    (cluster.connect("authenticator", &db), cluster.connect("postgres", &db))
+    let (api, admin, _) = fresh("postgrest");
+    (api, admin)
 }
 
 const GENERATED: &str = "SELECT id, session_id, token FROM session_ext.create_user_session(
@@ -228,11 +227,6 @@ fn sessions_expire_on_the_clock_and_cleanup_deletes_exactly_those() {
     })
     .unwrap();
     assert_eq!(deleted, 2);
-    let left: Vec<Uuid> = admin
-        .query("SELECT id FROM session_ext.user_sessions", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<Uuid> = column(&mut admin, "SELECT id FROM session_ext.user_sessions");
     assert_eq!(left, vec![live.0]);
 }

@@ -4,7 +4,7 @@
 use crate::errors::{excerpt, ApiError, ApiResult};
 use crate::settings;
 use crate::token;
-use crate::types::JsonText;
+use crate::types::{JsonText, JsonbDatum};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
 use std::ffi::CString;
@@ -13,6 +13,7 @@ use std::ffi::CString;
 /// cannot bloat a row or the audit log.
 pub const MAX_TEXT_CHARS: usize = 1024;
 pub const MAX_SESSION_ID_CHARS: usize = 128;
+pub const MAX_REASON_CHARS: usize = 128;
 /// Lifetimes and idle timeouts beyond `interval '100 years'` (compared as PostgreSQL compares
 /// intervals: a month is 30 days) are refused rather than overflowing a timestamp.
 const MAX_INTERVAL_MICROS: i128 = 1_200 * 30 * 86_400 * 1_000_000;
@@ -101,9 +102,16 @@ fn within_bounds(value: Interval, name: &str) -> ApiResult<Interval> {
 pub fn session_data(value: Option<JsonText<'_>>) -> ApiResult<pg_sys::Datum> {
     let JsonText(text) = required(value, "session_data")?;
     // PostgreSQL has already parsed it, so the first significant character tells the kind.
-    if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
-        return Err(ApiError::invalid_argument("session_data", "must be a JSON object")
-            .hint("Wrap the value in an object, e.g. {\"value\": ...}."));
+    let kind = match text.trim_start_matches([' ', '\t', '\n', '\r']).bytes().next() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    };
+    if kind != "object" {
+        return Err(not_an_object(kind));
     }
     // PostgreSQL text never holds a NUL byte.
     let cstring = CString::new(text).expect("json text contains no NUL byte");
@@ -116,14 +124,46 @@ pub fn session_data(value: Option<JsonText<'_>>) -> ApiResult<pg_sys::Datum> {
         )
     }
     .expect("jsonb_in returns a value");
-    check_data_size(jsonb)?;
+    // SAFETY: jsonb_in returned a valid, non-null varlena datum.
+    check_data_size(unsafe { pgrx::varsize_any(jsonb.cast_mut_ptr()) })?;
     Ok(jsonb)
 }
 
-/// The stored size of a jsonb datum must stay within session_ext.max_session_data_bytes.
-pub fn check_data_size(jsonb: pg_sys::Datum) -> ApiResult<()> {
-    // SAFETY: a valid, non-null varlena datum.
-    let size = unsafe { pgrx::varsize_any(jsonb.cast_mut_ptr()) };
+/// `session_data` as a `jsonb` argument: a JSON object. Its size is checked once it is merged.
+pub fn session_data_object(value: Option<JsonbDatum>) -> ApiResult<pg_sys::Datum> {
+    let JsonbDatum(jsonb) = required(value, "session_data")?;
+    // SAFETY: jsonb_typeof reads one jsonb datum and returns text.
+    let kind = unsafe { pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(jsonb)]) };
+    match kind.as_deref() {
+        Some("object") => Ok(jsonb),
+        other => Err(not_an_object(other.unwrap_or("null"))),
+    }
+}
+
+fn not_an_object(kind: &str) -> ApiError {
+    ApiError::invalid_argument("session_data", format!("must be a JSON object, not {kind}"))
+        .hint("Wrap the value in an object, e.g. {\"value\": ...}.")
+}
+
+/// A fresh bearer token from the operating system's generator.
+pub fn new_token() -> ApiResult<String> {
+    token::generate().map_err(|e| {
+        ApiError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            "could not read the operating system's random generator",
+        )
+        .detail(e.to_string())
+    })
+}
+
+/// A revocation reason: a short label such as 'logout' or 'password_changed'.
+pub fn reason(value: Option<&str>) -> ApiResult<&str> {
+    text(required(value, "reason")?, "reason", MAX_REASON_CHARS)
+}
+
+/// Session data of `size` bytes (stored jsonb) must stay within
+/// session_ext.max_session_data_bytes.
+pub fn check_data_size(size: usize) -> ApiResult<()> {
     let limit = settings::MAX_SESSION_DATA_BYTES.get();
     if size > limit as usize {
         return Err(ApiError::invalid_argument(

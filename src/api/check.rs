@@ -1,20 +1,22 @@
-//! Checking sessions (SPEC §4 "Checking"): `is_session_active` and the hot path,
-//! `validate_session`.
+//! Checking sessions (SPEC §4 "Checking"): `is_session_active`, `get_session`,
+//! `touch_session` and the hot path, `validate_session`.
 
-use super::{args, session_info_row};
-use crate::db::{self, Statement, BYTEA, INTERVAL, UUID};
+use super::{active, args, on_own_session, on_session, replayed, revoke, session_info_row, Subject};
+use crate::db::{Columns, Statement, BYTEA, INTERVAL, UUID};
 use crate::errors::boundary;
+use crate::events::{self, Event};
 use crate::identity::{self, Scope};
 use crate::settings;
 use crate::token;
 use crate::types::SessionInfo;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::Uuid;
+use serde_json::json;
 
-static ACTIVE_BY_ID: Statement = Statement::read(
-    "SELECT s.user_id, s.revoked_at IS NULL AND s.valid_until > pg_catalog.now()
-       FROM session_ext.user_sessions s
-      WHERE s.id = $1",
+static ACTIVE_BY_ID: Statement = Statement::stable(
+    concat!("SELECT s.user_id, ", active!(), " FROM session_ext.user_sessions s WHERE s.id = $1"),
     &[UUID],
 );
 
@@ -24,43 +26,95 @@ static ACTIVE_BY_ID: Statement = Statement::read(
 #[search_path(pg_catalog, pg_temp)]
 fn is_session_active(session_id: Option<Uuid>) -> bool {
     boundary(|| {
-        let id = args::required(session_id, "session_id")?;
-        let scope = identity::scope()?;
-        let found = Spi::connect(|client| {
-            let table = ACTIVE_BY_ID.run(client, &[id.into()]);
-            (!table.is_empty()).then(|| (db::get::<Uuid>(&table, 1), db::get::<bool>(&table, 2)))
-        });
-        Ok(matches!(found, Some((Some(owner), Some(true))) if scope.covers(owner)))
+        on_session(session_id, "session_id", |client, id, scope| {
+            let found =
+                ACTIVE_BY_ID.one(client, &[id.into()]).map(|row| (row.col::<Uuid>(1), row.col::<bool>(2)));
+            Ok(matches!(found, Some((Some(owner), Some(true))) if scope.covers(owner)))
+        })
     })
 }
 
-static LIVE_BY_TOKEN: Statement = Statement::read(
+static INFO_BY_ID: Statement = Statement::stable(
+    concat!("SELECT s.user_id, ", session_info_row!(), " FROM session_ext.user_sessions s WHERE s.id = $1"),
+    &[UUID],
+);
+
+/// A session by id, whatever its state (revoked and expired ones show why), without secrets.
+/// NULL for an unknown id.
+#[pg_extern(stable, parallel_restricted, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn get_session(session_id: Option<Uuid>) -> Option<SessionInfo> {
+    boundary(|| {
+        on_session(session_id, "session_id", |client, id, scope| {
+            let Some(row) = INFO_BY_ID.one(client, &[id.into()]) else { return Ok(None) };
+            scope.authorize(row.col(1).expect("user_id is NOT NULL"))?;
+            Ok(row.varlena(2).map(SessionInfo))
+        })
+    })
+}
+
+static TOUCH_NOW: Statement = Statement::new(
     concat!(
-        "SELECT s.id, s.user_id, s.fingerprint_hash, s.last_active_at < pg_catalog.now() - $2, ",
+        "UPDATE session_ext.user_sessions s
+            SET last_active_at = pg_catalog.now(),
+                valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout)
+          WHERE s.id = $1 AND ",
+        active!(),
+        " RETURNING s.last_active_at"
+    ),
+    &[UUID],
+);
+
+/// Records activity on an active session now, whatever `touch_interval` says; returns the new
+/// `last_active_at`, or NULL for a session that is unknown or no longer active.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn touch_session(session_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
+    boundary(|| {
+        on_own_session(session_id, "session_id", None, |client, id, _| {
+            TOUCH_NOW.one(client, &[id.into()]).and_then(|row| row.col(1))
+        })
+    })
+}
+
+static LIVE_BY_TOKEN: Statement = Statement::new(
+    concat!(
+        "SELECT s.id, s.user_id, s.ip_address, s.fingerprint_hash, s.last_active_at < pg_catalog.now() - $2, ",
         session_info_row!(),
-        " FROM session_ext.user_sessions s
-         WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.valid_until > pg_catalog.now()"
+        " FROM session_ext.user_sessions s WHERE s.token_hash = $1 AND ",
+        active!()
     ),
     &[BYTEA, INTERVAL],
 );
 
 // Re-checks staleness so that concurrent validations of one session write once.
-static TOUCH: Statement = Statement::write(
+static TOUCH: Statement = Statement::new(
     concat!(
         "UPDATE session_ext.user_sessions s
             SET last_active_at = pg_catalog.now(),
                 valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout)
-          WHERE s.id = $1 AND s.last_active_at < pg_catalog.now() - $2
-            AND s.revoked_at IS NULL AND s.valid_until > pg_catalog.now()
-      RETURNING ",
+          WHERE s.id = $1 AND s.last_active_at < pg_catalog.now() - $2 AND ",
+        active!(),
+        " RETURNING ",
         session_info_row!()
     ),
     &[UUID, INTERVAL],
 );
 
+static ROTATED_AWAY: Statement = Statement::new(
+    concat!(
+        "SELECT s.id, s.user_id, s.ip_address, ",
+        active!(),
+        ", ",
+        replayed!(),
+        " FROM session_ext.user_sessions s WHERE s.previous_token_hash = $1"
+    ),
+    &[BYTEA],
+);
+
 /// The session a bearer token belongs to, or NULL. Activity is recorded at most once per
-/// `session_ext.touch_interval`, and never in a read-only transaction (hot standby, or a
-/// PostgREST GET).
+/// `session_ext.touch_interval`. In a read-only transaction (hot standby, a PostgREST GET)
+/// nothing is written: no activity, no audit row, no revocation.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn validate_session(
@@ -78,27 +132,43 @@ fn validate_session(
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
     let hash = token::hash(token);
     let touch_interval = settings::touch_interval();
+    // SAFETY: reads a backend-global flag.
+    let writable = !unsafe { pg_sys::XactReadOnly };
     Spi::connect(|client| {
-        let found = LIVE_BY_TOKEN.run(client, &[hash.as_slice().into(), touch_interval.into()]);
-        if found.is_empty() {
+        let Some(found) = LIVE_BY_TOKEN.one(client, &[hash.as_slice().into(), touch_interval.into()]) else {
+            if writable {
+                detect_reuse(client, &hash);
+            }
+            return None;
+        };
+        let subject = Subject::from_row(&found, 1);
+        if !scope.covers(subject.user_id) {
             return None;
         }
-        let id = db::get::<Uuid>(&found, 1)?;
-        let owner = db::get::<Uuid>(&found, 2)?;
-        let bound_to = db::get::<Vec<u8>>(&found, 3);
-        if !scope.covers(owner) || !fingerprint_matches(bound_to.as_deref(), fingerprint) {
+        if !fingerprint_matches(found.col::<Vec<u8>>(4).as_deref(), fingerprint) {
+            if writable {
+                let details = json!({ "reason": "fingerprint_mismatch" });
+                events::record(client, Event::Suspicious, Some(&subject), details);
+            }
             return None;
         }
-        let stale = db::get::<bool>(&found, 4) == Some(true);
-        // SAFETY: reads a backend-global flag.
-        if stale && !unsafe { pg_sys::XactReadOnly } {
-            let touched = TOUCH.run(client, &[id.into(), touch_interval.into()]);
-            if !touched.is_empty() {
-                return db::get_varlena(&touched, 1).map(SessionInfo);
+        if writable && found.col::<bool>(5) == Some(true) {
+            let touched = TOUCH.one(client, &[subject.id.into(), touch_interval.into()]);
+            if let Some(info) = touched.and_then(|row| row.varlena(1)) {
+                return Some(SessionInfo(info));
             }
         }
-        db::get_varlena(&found, 5).map(SessionInfo)
+        found.varlena(6).map(SessionInfo)
     })
+}
+
+/// A token that is no session's current one may be a rotated-away one coming back.
+fn detect_reuse(client: &SpiClient<'_>, hash: &[u8]) {
+    if let Some(row) = ROTATED_AWAY.one(client, &[hash.into()]) {
+        if row.col::<bool>(5) == Some(true) {
+            revoke::token_reused(client, &Subject::from_row(&row, 1), row.col::<bool>(4) == Some(true));
+        }
+    }
 }
 
 /// A session bound to a fingerprint validates only with that fingerprint; an unbound session

@@ -1,34 +1,90 @@
-//! `cleanup_expired_sessions` (SPEC §4 "Maintenance"): deletes what can no longer validate, in
-//! short batches that skip rows other transactions hold.
+//! `cleanup_expired_sessions` (SPEC §4 "Maintenance"): deletes what can no longer validate, and
+//! audit rows past their retention, in short batches that skip rows other transactions hold.
 
 use crate::db::{Statement, INT4, INTERVAL};
 use crate::errors::{boundary, ApiError};
+use crate::events::{self, Event};
 use crate::identity;
 use crate::settings::{self, MAX_BATCH_SIZE};
+use pgrx::datum::Interval;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::json;
 
-// Rows are picked by ctid so that each batch deletes through a TID scan, without a second
-// index lookup; FOR UPDATE SKIP LOCKED leaves rows another transaction is using for a later run.
-static DELETE_EXPIRED: Statement = Statement::write(
-    "DELETE FROM session_ext.user_sessions
-      WHERE ctid = ANY (ARRAY(
-            SELECT s.ctid FROM session_ext.user_sessions s
-             WHERE s.valid_until <= pg_catalog.now()
-             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    &[INT4],
-);
+/// Deletes up to $1 rows of `table` whose `column` is at least $2 in the past. Rows are picked
+/// by ctid so that each batch deletes through a TID scan, without a second index lookup;
+/// FOR UPDATE SKIP LOCKED leaves rows another transaction holds for a later run.
+macro_rules! delete_batch {
+    ($table:literal, $column:literal) => {
+        Statement::new(
+            concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE ctid = ANY (ARRAY(SELECT t.ctid FROM ",
+                $table,
+                " t WHERE t.",
+                $column,
+                " <= pg_catalog.now() - $2 LIMIT $1 FOR UPDATE SKIP LOCKED))"
+            ),
+            &[INT4, INTERVAL],
+        )
+    };
+}
 
-static DELETE_REVOKED: Statement = Statement::write(
-    "DELETE FROM session_ext.user_sessions
-      WHERE ctid = ANY (ARRAY(
-            SELECT s.ctid FROM session_ext.user_sessions s
-             WHERE s.revoked_at <= pg_catalog.now() - $2
-             LIMIT $1 FOR UPDATE SKIP LOCKED))",
-    &[INT4, INTERVAL],
-);
+static DELETE_EXPIRED: Statement = delete_batch!("session_ext.user_sessions", "valid_until");
+static DELETE_REVOKED: Statement = delete_batch!("session_ext.user_sessions", "revoked_at");
+static DELETE_AUDIT: Statement = delete_batch!("session_ext.session_audit_log", "occurred_at");
 
-/// Deletes sessions past `expires_at` or their idle timeout, and revoked sessions older than
-/// `session_ext.revoked_retention`. Returns how many were deleted. Admins only.
+/// One kind of row cleanup deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Sessions past `expires_at` or their idle timeout.
+    Expired,
+    /// Revoked sessions past `session_ext.revoked_retention`.
+    Revoked,
+    /// Audit rows past `session_ext.audit_retention`.
+    Audit,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 3] = [Pass::Expired, Pass::Revoked, Pass::Audit];
+
+    fn statement(self) -> &'static Statement {
+        match self {
+            Pass::Expired => &DELETE_EXPIRED,
+            Pass::Revoked => &DELETE_REVOKED,
+            Pass::Audit => &DELETE_AUDIT,
+        }
+    }
+
+    /// How long past the row's own moment it is kept.
+    fn retention(self) -> Interval {
+        match self {
+            Pass::Expired => settings::seconds(0),
+            Pass::Revoked => settings::revoked_retention(),
+            Pass::Audit => settings::audit_retention(),
+        }
+    }
+
+    /// Whether the rows are sessions (counted, and audited per batch).
+    pub fn deletes_sessions(self) -> bool {
+        self != Pass::Audit
+    }
+
+    /// Deletes one batch of at most `batch` rows; returns how many were deleted.
+    pub fn run_batch(self, client: &SpiClient<'_>, batch: i32) -> usize {
+        let deleted = self.statement().count(client, &[batch.into(), self.retention().into()]);
+        if deleted > 0 && self.deletes_sessions() {
+            let kind = if self == Pass::Expired { "expired" } else { "revoked" };
+            events::record(client, Event::Cleanup, None, json!({ "deleted": deleted, "kind": kind }));
+        }
+        deleted
+    }
+}
+
+/// Deletes sessions past `expires_at` or their idle timeout, revoked sessions older than
+/// `session_ext.revoked_retention`, and audit rows older than `session_ext.audit_retention`.
+/// Returns how many sessions were deleted. Admins only.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
@@ -45,22 +101,21 @@ fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
             }
         };
         identity::require_admin("cleanup_expired_sessions")?;
-        let retention = settings::revoked_retention();
         Ok(Spi::connect(|client| {
-            let mut deleted = 0i64;
-            for (statement, extra) in [(&DELETE_EXPIRED, None), (&DELETE_REVOKED, Some(retention))] {
+            let mut sessions = 0i64;
+            for pass in Pass::ALL {
                 loop {
                     check_for_interrupts!();
-                    let mut arguments = vec![batch.into()];
-                    arguments.extend(extra.map(Into::into));
-                    let n = statement.run(client, &arguments).len();
-                    deleted += n as i64;
-                    if n < batch as usize {
+                    let deleted = pass.run_batch(client, batch);
+                    if pass.deletes_sessions() {
+                        sessions += deleted as i64;
+                    }
+                    if deleted < batch as usize {
                         break;
                     }
                 }
             }
-            deleted
+            sessions
         }))
     })
 }
@@ -104,5 +159,22 @@ mod tests {
     #[pg_test(error = "invalid value for argument \"batch_size\"")]
     fn batch_size_must_be_positive() {
         count("SELECT session_ext.cleanup_expired_sessions(0)");
+    }
+
+    #[pg_test]
+    fn audit_rows_are_pruned_past_their_retention_and_batches_are_audited() {
+        Spi::run("SET session_ext.audit_retention = '1d'").unwrap();
+        let (id, _) = create(ALICE, "");
+        Spi::run(&format!(
+            "UPDATE session_ext.session_audit_log SET occurred_at = now() - interval '2 days';
+             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';"
+        ))
+        .unwrap();
+        assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 1);
+        let left = Spi::get_one::<String>(
+            "SELECT string_agg(event || ' ' || details::text, ';') FROM session_ext.session_audit_log",
+        )
+        .unwrap();
+        assert_eq!(left.as_deref(), Some(r#"cleanup {"kind": "expired", "deleted": 1}"#));
     }
 }

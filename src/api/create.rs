@@ -3,16 +3,17 @@
 //! PostgREST picks an overload by the set of argument names in the JSON body, so each
 //! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
 
-use super::args;
-use crate::db::{self, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
+use super::{args, limits, Subject};
+use crate::db::{self, Columns, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
+use crate::events::{self, Event};
 use crate::identity;
 use crate::token::{self, TokenHash};
 use crate::types::{JsonText, NewSession};
 use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
-use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
+use serde_json::json;
 
 /// A session for the calling user, keyed by a token the client already holds.
 #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
@@ -104,16 +105,10 @@ fn create_with_generated_token(
     let user_id = args::required(user_id, "user_id")?;
     let data = args::session_data(session_data)?;
     identity::scope()?.authorize(user_id)?;
-    let token = token::generate().map_err(|e| {
-        ApiError::new(
-            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            "could not read the operating system's random generator",
-        )
-        .detail(e.to_string())
-    })?;
+    let token = args::new_token()?;
     let token_hash = token::hash(&token);
     let created = NewRow { user_id, session_id, token_hash, data: Some(data), options }.insert(conflict)?;
-    Ok(created.into_result(token))
+    Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 
 /// The optional arguments shared by the two generating overloads, checked.
@@ -171,7 +166,7 @@ struct Created {
     expires_at: TimestampWithTimeZone,
 }
 
-static INSERT: Statement = Statement::write(
+static INSERT: Statement = Statement::new(
     "INSERT INTO session_ext.user_sessions AS s
          (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
           fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
@@ -185,12 +180,14 @@ static INSERT: Statement = Statement::write(
 );
 
 impl NewRow<'_> {
-    /// Inserts the row; a taken session id or token yields `conflict()` and writes nothing.
+    /// Inserts the row within the per-user limits and records the event; a taken session id or
+    /// token yields `conflict()`, and an error of any kind leaves nothing written.
     fn insert(self, conflict: impl FnOnce() -> ApiError) -> ApiResult<Created> {
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
         let o = self.options;
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
         let data = self.data.map_or_else(|| DatumWithOid::null_oid(JSONB.value()), |d| db::arg_as(d, JSONB));
+        let subject = Subject { id, user_id: self.user_id, ip_address: o.ip_address.clone() };
         let args = [
             id.into(),
             self.user_id.into(),
@@ -204,28 +201,23 @@ impl NewRow<'_> {
             o.ttl.into(),
             o.idle_timeout.into(),
         ];
-        let returned = Spi::connect(|client| {
-            let table = INSERT.run(client, &args);
-            (!table.is_empty())
-                .then(|| (db::get::<String>(&table, 1), db::get::<TimestampWithTimeZone>(&table, 2)))
-        });
-        match returned {
-            Some((Some(session_id), Some(expires_at))) => Ok(Created { id, session_id, expires_at }),
-            _ => Err(conflict()),
-        }
-    }
-}
-
-impl Created {
-    /// The `session_ext.new_session` composite, the only place the token is ever returned.
-    fn into_result(self, token: String) -> NewSession {
-        let mut tuple = PgHeapTuple::new_composite_type("session_ext.new_session")
-            .expect("type session_ext.new_session exists with the extension");
-        tuple.set_by_name("id", self.id).expect("new_session.id is uuid");
-        tuple.set_by_name("session_id", self.session_id).expect("new_session.session_id is text");
-        tuple.set_by_name("token", token).expect("new_session.token is text");
-        tuple.set_by_name("expires_at", self.expires_at).expect("new_session.expires_at is timestamptz");
-        NewSession(tuple.into_composite_datum().expect("a formed tuple has a datum"))
+        Spi::connect(|client| {
+            limits::before_create(client, self.user_id)?;
+            let row = INSERT.one(client, &args).ok_or_else(conflict)?;
+            let created = Created {
+                id,
+                session_id: row.col(1).expect("session_id is NOT NULL"),
+                expires_at: row.col(2).expect("expires_at is NOT NULL"),
+            };
+            events::record(
+                client,
+                Event::Create,
+                Some(&subject),
+                json!({ "session_id": created.session_id }),
+            );
+            limits::after_create(client, self.user_id, id);
+            Ok(created)
+        })
     }
 }
 

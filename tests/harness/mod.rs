@@ -180,20 +180,54 @@ pub fn claims(user: &str) -> String {
     format!(r#"{{"sub":"{user}","role":"authenticated"}}"#)
 }
 
-/// One PostgREST request: a transaction that takes on `role` and `claims` with
-/// `set_config(..., true)`, then runs `call`, then commits.
+/// The start of a PostgREST request: a transaction that takes on `role` and `claims` with
+/// `set_config(..., true)`.
+pub fn begin_request<'c>(
+    client: &'c mut Client,
+    role: &str,
+    claims: &str,
+) -> Result<postgres::Transaction<'c>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
+        &[&role, &claims],
+    )?;
+    Ok(tx)
+}
+
+/// One PostgREST request: [`begin_request`], then `call`, then commit.
 pub fn request<T>(
     client: &mut Client,
     role: &str,
     claims: &str,
     call: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
 ) -> Result<T, postgres::Error> {
-    let mut tx = client.transaction()?;
-    tx.execute(
-        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
-        &[&role, &claims],
-    )?;
+    let mut tx = begin_request(client, role, claims)?;
     let out = call(&mut tx)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// A fresh database on the shared cluster: PostgREST's connection to it (as `authenticator`),
+/// a superuser's, and the database's name (to open more connections).
+pub fn fresh(cluster_name: &str) -> (Client, Client, String) {
+    let cluster = shared_cluster(cluster_name);
+    let db = cluster.fresh_database();
+    (cluster.connect("authenticator", &db), cluster.connect("postgres", &db), db)
+}
+
+/// A session of `user` made by the superuser: its id and token.
+pub fn session_of(admin: &mut Client, user: &str) -> (uuid::Uuid, String) {
+    let row = admin
+        .query_one(
+            "SELECT id, token FROM session_ext.create_user_session(user_id => $1::text::uuid, session_data => '{}')",
+            &[&user],
+        )
+        .expect("creating a session");
+    (row.get(0), row.get(1))
+}
+
+/// The first column of every row a query returns.
+pub fn column<T: postgres::types::FromSqlOwned>(client: &mut Client, sql: &str) -> Vec<T> {
+    client.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()
 }

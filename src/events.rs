@@ -1,0 +1,165 @@
+//! Session events (SPEC §6): one audit row per event while `session_ext.audit` is on, written
+//! in the transaction of the change (so a failed call leaves none), and a NOTIFY for the
+//! events an application pushes to its open tabs. Neither ever carries a token.
+
+use crate::db::{Columns, Statement, INET, JSONB, TEXT, UUID};
+use crate::identity;
+use crate::settings;
+use pgrx::datum::{Inet, JsonB};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::Uuid;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Create,
+    Rotate,
+    TokenReuse,
+    Revoke,
+    DataUpdate,
+    Suspicious,
+    Cleanup,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Create => "create",
+            Event::Rotate => "rotate",
+            Event::TokenReuse => "token_reuse",
+            Event::Revoke => "revoke",
+            Event::DataUpdate => "data_update",
+            Event::Suspicious => "suspicious",
+            Event::Cleanup => "cleanup",
+        }
+    }
+
+    /// The changes an open tab must hear about: its session ended (a token reuse is followed by
+    /// the revoke it causes), its token changed, or its data changed.
+    fn notifies(self) -> bool {
+        matches!(self, Event::Rotate | Event::Revoke | Event::DataUpdate)
+    }
+}
+
+/// The session an event is about.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub ip_address: Option<Inet>,
+}
+
+impl Subject {
+    /// A subject from three columns of a row, starting at `first`: id, user_id, ip_address.
+    pub fn from_row(row: &impl Columns, first: usize) -> Subject {
+        Subject {
+            id: row.col(first).expect("session id is NOT NULL"),
+            user_id: row.col(first + 1).expect("user_id is NOT NULL"),
+            ip_address: row.col(first + 2),
+        }
+    }
+}
+
+static INSERT_AUDIT: Statement = Statement::new(
+    "INSERT INTO session_ext.session_audit_log
+         (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    &[TEXT, UUID, UUID, TEXT, UUID, INET, JSONB],
+);
+
+/// Records `event` about `subject` (none for cleanup batches): an audit row, and for the events
+/// that change what a client holds, a notification.
+pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, details: Value) {
+    if let Some(subject) = subject.filter(|_| event.notifies()) {
+        notify(event, subject, &details);
+    }
+    if !settings::AUDIT.get() {
+        return;
+    }
+    let (actor_role, actor_user_id) = identity::actor();
+    INSERT_AUDIT.count(
+        client,
+        &[
+            event.name().into(),
+            subject.map(|s| s.id).into(),
+            subject.map(|s| s.user_id).into(),
+            actor_role.into(),
+            actor_user_id.into(),
+            subject.and_then(|s| s.ip_address.clone()).into(),
+            JsonB(details).into(),
+        ],
+    );
+}
+
+/// `pg_notify(session_ext.notify_channel, {"event", "session_id", "user_id", ...})`, delivered
+/// when the transaction commits.
+fn notify(event: Event, subject: &Subject, details: &Value) {
+    let Some(channel) = settings::notify_channel() else {
+        return;
+    };
+    let mut payload = json!({
+        "event": event.name(),
+        "session_id": subject.id.to_string(),
+        "user_id": subject.user_id.to_string(),
+    });
+    if let Some(reason) = details.get("reason") {
+        payload["reason"] = reason.clone();
+    }
+    let channel = channel.to_string_lossy().into_owned();
+    // SAFETY: pg_notify takes two text arguments; errors (none expected for a checked channel
+    // and a small payload) are raised as PostgreSQL errors.
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &[channel.into_datum(), payload.to_string().into_datum()],
+        );
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::{record, Event, Subject};
+    use crate::testing::count;
+    use pgrx::prelude::*;
+
+    const ALL: [Event; 7] = [
+        Event::Create,
+        Event::Rotate,
+        Event::TokenReuse,
+        Event::Revoke,
+        Event::DataUpdate,
+        Event::Suspicious,
+        Event::Cleanup,
+    ];
+
+    #[pg_test]
+    fn every_event_kind_fits_the_audit_table() {
+        let subject = Subject {
+            id: pgrx::Uuid::from_bytes([1; 16]),
+            user_id: pgrx::Uuid::from_bytes([2; 16]),
+            ip_address: None,
+        };
+        Spi::connect(|client| {
+            for event in ALL {
+                record(client, event, Some(&subject), serde_json::json!({}));
+            }
+        });
+        assert_eq!(
+            count("SELECT count(DISTINCT event) FROM session_ext.session_audit_log"),
+            ALL.len() as i64
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM session_ext.session_audit_log WHERE actor_role = current_user"),
+            7
+        );
+    }
+
+    #[pg_test]
+    fn audit_off_records_nothing() {
+        Spi::run("SET session_ext.audit = off").unwrap();
+        Spi::connect(|client| record(client, Event::Cleanup, None, serde_json::json!({})));
+        assert_eq!(count("SELECT count(*) FROM session_ext.session_audit_log"), 0);
+    }
+}
