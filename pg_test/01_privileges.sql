@@ -1,7 +1,7 @@
 -- Roles and privileges (SPEC §2, §3): who may execute what, definer functions with a pinned
 -- search_path, and that a user cannot reach the table except through the functions.
 \ir fixtures/begin.sql
-SELECT plan(29 + (SELECT count(*)::int FROM pg_catalog.pg_proc
+SELECT plan(31 + (SELECT count(*)::int FROM pg_catalog.pg_proc
                     WHERE pronamespace = 'session_ext'::regnamespace));
 
 -- The catalog rules every function in the schema must follow.
@@ -32,6 +32,8 @@ SELECT function_privs_are('session_ext', 'create_user_session', ARRAY['text'], '
 SELECT function_privs_are('session_ext', 'validate_session', ARRAY['text', 'text'], 'authenticated', ARRAY['EXECUTE']);
 SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'authenticated', ARRAY[]::text[]);
 SELECT function_privs_are('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'service_role', ARRAY['EXECUTE']);
+SELECT function_privs_are('session_ext', 'session_stats', ARRAY[]::text[], 'authenticated', ARRAY[]::text[]);
+SELECT function_privs_are('session_ext', 'session_stats', ARRAY[]::text[], 'service_role', ARRAY['EXECUTE']);
 
 -- anon is refused by every function with 42501, and by the tables.
 CREATE FUNCTION pg_temp.called_by_anon() RETURNS SETOF text LANGUAGE plpgsql AS $f$

@@ -1,7 +1,7 @@
 -- Errors are part of the API (SPEC §7): each refusal has its SQLSTATE, and a refused call
 -- writes nothing. Calls are made as PostgREST makes them: role authenticated, JWT claims set.
 \ir fixtures/begin.sql
-SELECT plan(161);
+SELECT plan(163);
 
 -- Everything session_ext stores, as one value: equal before and after means nothing was written.
 CREATE FUNCTION pg_temp.rows() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
@@ -116,6 +116,7 @@ SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session('client-t
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => $$ || quote_literal(:bob) || $$, session_data => '{}')$$, '42501', 'permission denied for the sessions of another user', 'create for another user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.create_user_session(user_id => $$ || quote_literal(:bob) || $$, session_id => 'bobs')$$, '42501', NULL, 'create with a custom id for another user');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.cleanup_expired_sessions()$$, '42501', NULL, 'cleanup as a user');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.session_stats()$$, '42501', NULL, 'session_stats as a user');
 SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, '{}')$$, :'bob_id'), '42501', NULL, 'update another user''s data');
 SELECT * FROM pg_temp.refused(format($$SELECT session_ext.rotate_session_token(%L)$$, :'bob_token'), '42501', NULL, 'rotate another user''s token');
 SELECT * FROM pg_temp.refused(format($$SELECT session_ext.touch_session(%L)$$, :'bob_id'), '42501', NULL, 'touch another user''s session');

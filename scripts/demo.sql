@@ -55,6 +55,9 @@ SELECT session_ext.is_session_active(:'phone_id') AS phone_active,
        session_ext.is_session_active(:'web_id') AS web_still_active;
 COMMIT;
 
-\echo '\n--- 8. Cleanup of what expired (admins only; schedule it, for example with pg_cron)'
+\echo '\n--- 8. Cleanup of what expired (the background worker also does this every session_ext.cleanup_interval)'
 SELECT session_ext.cleanup_expired_sessions() AS deleted;
 SELECT session_id, device_info FROM session_ext.user_sessions ORDER BY created_at;
+
+\echo '\n--- 9. Health: sessions by state and the cleanup worker, from session_stats()'
+SELECT jsonb_pretty(session_ext.session_stats() - 'settings') AS session_stats;

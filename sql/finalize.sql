@@ -38,8 +38,10 @@ GRANT SELECT ON session_ext.session_audit_log TO session_ext_user, session_ext_a
 -- session_ext_user too) additionally the maintenance functions.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA session_ext FROM PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA session_ext TO session_ext_user;
-REVOKE EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) FROM session_ext_user;
-GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer) TO session_ext_admin;
+REVOKE EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer), session_ext.session_stats()
+    FROM session_ext_user;
+GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer), session_ext.session_stats()
+    TO session_ext_admin;
 
 SELECT pg_catalog.pg_extension_config_dump('session_ext.user_sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('session_ext.session_audit_log', '');

@@ -2,10 +2,11 @@
 //! in the transaction of the change (so a failed call leaves none), and a NOTIFY for the
 //! events an application pushes to its open tabs. Neither ever carries a token.
 
-use crate::db::{Columns, Statement, INET, JSONB, TEXT, UUID};
+use crate::db::{Columns, Statement, INET, JSONB, OID, TEXT, TIMESTAMPTZ, UUID};
 use crate::identity;
 use crate::settings;
-use pgrx::datum::{Inet, JsonB};
+use crate::shmem::Refusal;
+use pgrx::datum::{Inet, JsonB, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
@@ -68,6 +69,13 @@ static INSERT_AUDIT: Statement = Statement::new(
     &[TEXT, UUID, UUID, TEXT, UUID, INET, JSONB],
 );
 
+// A refused creation, written later by the worker: its own time, and the refused role by oid.
+static INSERT_REFUSAL: Statement = Statement::new(
+    "INSERT INTO session_ext.session_audit_log (occurred_at, event, user_id, actor_role, actor_user_id, details)
+     VALUES ($1, 'rate_limited', $2, coalesce(pg_catalog.pg_get_userbyid($3), $3::text), $2, $4)",
+    &[TIMESTAMPTZ, UUID, OID, JSONB],
+);
+
 /// Records `event` about `subject` (none for cleanup batches): an audit row, and for the events
 /// that change what a client holds, a notification.
 pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, details: Value) {
@@ -89,6 +97,17 @@ pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, d
             subject.and_then(|s| s.ip_address.clone()).into(),
             JsonB(details).into(),
         ],
+    );
+}
+
+/// The audit row of a creation refused by `max_creates_per_minute` (SPEC §6), written by the
+/// worker because the refused call's own transaction was rolled back.
+pub fn record_refusal(client: &SpiClient<'_>, refusal: &Refusal) {
+    let at = TimestampWithTimeZone::try_from(refusal.at).expect("a timestamp from GetCurrentTimestamp");
+    let details = json!({ "created_last_minute": refusal.created, "max_creates_per_minute": refusal.limit });
+    INSERT_REFUSAL.count(
+        client,
+        &[at.into(), refusal.user_id().into(), pg_sys::Oid::from(refusal.role).into(), JsonB(details).into()],
     );
 }
 

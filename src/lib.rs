@@ -4,6 +4,7 @@
 //! modules hold the functions, split by concern.
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod api;
 mod db;
@@ -11,8 +12,10 @@ mod errors;
 mod events;
 mod identity;
 mod settings;
+mod shmem;
 mod token;
 mod types;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
@@ -27,9 +30,26 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 // run after everything else.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
+/// Set when the library was loaded by shared_preload_libraries; forked backends inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Whether session_ext was preloaded: only then are there workers and shared state.
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if preloading {
+        settings::register_worker_settings();
+    }
     settings::register();
+    if preloading {
+        PRELOADED.store(true, Ordering::Relaxed);
+        worker::register();
+    }
 }
 
 #[cfg(test)]

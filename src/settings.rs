@@ -23,6 +23,8 @@ pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * DAY);
 pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"session_ext"));
+pub static CLEANUP_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// Upper bound of the per-user limits; beyond it a limit means nothing.
 const MAX_LIMIT: i32 = 1_000_000;
@@ -115,6 +117,15 @@ const INT_SETTINGS: &[IntSetting] = &[
         seconds: false,
     },
     IntSetting {
+        name: c"session_ext.cleanup_interval",
+        short: c"Period of the cleanup worker (0 = the worker idles).",
+        long: c"Read again on SIGHUP (pg_reload_conf()).",
+        setting: &CLEANUP_INTERVAL,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
+    IntSetting {
         name: c"session_ext.audit_retention",
         short: c"How long audit rows are kept before cleanup prunes them.",
         long: c"cleanup_expired_sessions deletes session_audit_log rows older than this.",
@@ -162,6 +173,32 @@ pub fn register() {
         );
     }
     reserve_prefix();
+}
+
+/// `session_ext.database`, which only exists when session_ext is preloaded: it fixes the set of
+/// workers at server start, and PostgreSQL allows such settings only then.
+pub fn register_worker_settings() {
+    GucRegistry::define_string_guc(
+        c"session_ext.database",
+        c"Databases the cleanup worker cleans, comma-separated.",
+        c"One worker per database, started with the server when session_ext is preloaded.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// The databases the worker cleans: `session_ext.database` split at commas, trimmed, without
+/// empty names or repeats.
+pub fn databases() -> Vec<String> {
+    let list = DATABASE.get().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut names: Vec<String> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 /// A NOTIFY channel is an identifier: refuse one PostgreSQL would reject at every event.

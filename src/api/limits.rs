@@ -6,8 +6,9 @@ use super::revoke::{revoke, revoking};
 use crate::db::{Columns, Statement, INT4, INT8, TEXT, UUID};
 use crate::errors::{ApiError, ApiResult};
 use crate::settings::{MAX_CREATES_PER_MINUTE, MAX_SESSIONS_PER_USER};
+use crate::shmem::{self, Refusal};
 use pgrx::spi::SpiClient;
-use pgrx::{PgSqlErrorCode, Uuid};
+use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
 
 /// First key of session_ext's advisory locks, so they never meet an application's own.
 const LOCK_CLASS: i32 = i32::from_be_bytes(*b"sesx");
@@ -48,6 +49,18 @@ pub fn before_create(client: &SpiClient<'_>, user_id: Uuid) -> ApiResult<()> {
         return Ok(());
     }
     pgrx::log!("session_ext: refused a session for user {user_id}: {created} created in the last minute");
+    // SAFETY: backend globals and the clock.
+    let (database, role, at) = unsafe {
+        (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetOuterUserId().to_u32(), pg_sys::GetCurrentTimestamp())
+    };
+    shmem::push_refusal(Refusal {
+        database,
+        role,
+        user_id: *user_id.as_bytes(),
+        at,
+        created,
+        limit: per_minute,
+    });
     Err(ApiError::new(
         PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         "too many sessions created for this user",

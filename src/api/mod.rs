@@ -3,13 +3,14 @@
 
 mod args;
 mod check;
-mod cleanup;
+pub(crate) mod cleanup;
 mod create;
 mod data;
 mod devices;
 mod limits;
 mod revoke;
 mod rotate;
+mod stats;
 
 use crate::db::{Columns, Statement, UUID};
 use crate::errors::ApiResult;

@@ -65,22 +65,7 @@ impl Cluster {
     /// A new cluster named `name` (an old one of that name is removed), with `conf` appended to
     /// postgresql.conf, started and ready.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
-        let dir = run_dir().join("it").join(name);
-        if dir.join("data/postmaster.pid").exists() {
-            // Left running by an earlier, interrupted run.
-            let data = dir.join("data").to_string_lossy().into_owned();
-            let _ = Command::new("sudo")
-                .args(["-u", "postgres", &format!("{PG_BIN}/pg_ctl"), "-D", &data, "-m", "immediate", "stop"])
-                .current_dir("/")
-                .output();
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("sock")).expect("creating the cluster directory");
-        let status =
-            Command::new("chown").args(["-R", "postgres:postgres"]).arg(run_dir().join("it")).status();
-        assert!(status.is_ok_and(|s| s.success()), "chown of the cluster directory");
-        let data = dir.join("data").to_string_lossy().into_owned();
-        let cluster = Cluster { dir, data, port: free_port() };
+        let cluster = Cluster::empty(name);
         as_postgres(
             &format!("{PG_BIN}/initdb"),
             &[
@@ -96,20 +81,69 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        cluster.configure(&[&["fsync = off"], conf].concat());
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
+        cluster
+    }
+
+    /// A hot standby of this cluster, made with pg_basebackup and streaming from it.
+    pub fn replica(&self, name: &str) -> Cluster {
+        let replica = Cluster::empty(name);
+        as_postgres(
+            &format!("{PG_BIN}/pg_basebackup"),
+            &[
+                "-h",
+                &self.socket_dir(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &replica.data,
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        replica.configure(&["hot_standby = on"]);
+        replica.pg_ctl(&["start", "-w", "-t", "60", "-l", replica.dir.join("server.log").to_str().unwrap()]);
+        replica
+    }
+
+    /// A directory for a cluster named `name`, emptied, with a free port; nothing runs yet.
+    fn empty(name: &str) -> Cluster {
+        let dir = run_dir().join("it").join(name);
+        if dir.join("data/postmaster.pid").exists() {
+            // Left running by an earlier, interrupted run.
+            let data = dir.join("data").to_string_lossy().into_owned();
+            let _ = Command::new("sudo")
+                .args(["-u", "postgres", &format!("{PG_BIN}/pg_ctl"), "-D", &data, "-m", "immediate", "stop"])
+                .current_dir("/")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sock")).expect("creating the cluster directory");
+        let status =
+            Command::new("chown").args(["-R", "postgres:postgres"]).arg(run_dir().join("it")).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown of the cluster directory");
+        let data = dir.join("data").to_string_lossy().into_owned();
+        Cluster { dir, data, port: free_port() }
+    }
+
+    /// Appends this cluster's port and socket directory, then `conf`, to postgresql.conf; later
+    /// lines win, so a copied configuration is overridden.
+    fn configure(&self, conf: &[&str]) {
         let mut settings = vec![
-            format!("port = {}", cluster.port),
+            format!("port = {}", self.port),
             "listen_addresses = '127.0.0.1'".to_string(),
-            format!("unix_socket_directories = '{}'", cluster.socket_dir()),
-            "fsync = off".to_string(),
+            format!("unix_socket_directories = '{}'", self.socket_dir()),
         ];
         settings.extend(conf.iter().map(|s| s.to_string()));
-        let conf_file = cluster.dir.join("data/postgresql.conf");
+        let conf_file = self.dir.join("data/postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_file).expect("reading postgresql.conf");
         text.push_str(&settings.join("\n"));
         text.push('\n');
         std::fs::write(&conf_file, text).expect("writing postgresql.conf");
-        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
-        cluster
     }
 
     fn socket_dir(&self) -> String {
@@ -230,4 +264,18 @@ pub fn session_of(admin: &mut Client, user: &str) -> (uuid::Uuid, String) {
 /// The first column of every row a query returns.
 pub fn column<T: postgres::types::FromSqlOwned>(client: &mut Client, sql: &str) -> Vec<T> {
     client.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

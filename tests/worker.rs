@@ -1,0 +1,267 @@
+//! The cleanup worker and the operations around it (SPEC §8, issue 4), each on a cluster of its
+//! own with session_ext preloaded: cleanup on its own, errors survived, crashes restarted,
+//! settings reloaded, fast shutdown, a streaming replica, pg_cron without the worker.
+
+mod harness;
+
+use harness::{eventually, Cluster};
+use postgres::Client;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const USER: &str = "a11ce000-0000-4000-8000-000000000001";
+
+/// A cluster whose worker cleans the `postgres` database every `interval`, with the extension
+/// installed there, and a superuser's connection to it.
+fn preloaded(name: &str, interval: &str, extra: &[&str]) -> (Cluster, Client) {
+    let preload = "shared_preload_libraries = 'session_ext'".to_string();
+    let every = format!("session_ext.cleanup_interval = '{interval}'");
+    let conf: Vec<&str> = [preload.as_str(), "session_ext.database = 'postgres'", every.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let cluster = Cluster::start(name, &conf);
+    let mut client = cluster.connect("postgres", "postgres");
+    client.batch_execute("CREATE EXTENSION session_ext").unwrap();
+    (cluster, client)
+}
+
+/// A new session; `expired` ones are moved past their end, as if time had passed.
+fn session(client: &mut Client, expired: bool) -> (Uuid, String) {
+    let row = client
+        .query_one(
+            "SELECT id, token FROM session_ext.create_user_session(user_id => $1::text::uuid, session_data => '{}')",
+            &[&USER],
+        )
+        .unwrap();
+    let id: Uuid = row.get(0);
+    if expired {
+        client
+            .execute(
+                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = $1",
+                &[&id],
+            )
+            .unwrap();
+    }
+    (id, row.get(1))
+}
+
+fn exists(client: &mut Client, id: Uuid) -> bool {
+    client
+        .query_one("SELECT count(*) FROM session_ext.user_sessions WHERE id = $1", &[&id])
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}
+
+fn validates(client: &mut Client, token: &str) -> bool {
+    client.query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token]).unwrap().get(0)
+}
+
+/// The worker's entry in session_stats().
+fn worker_stats(client: &mut Client) -> Value {
+    let stats: String = client.query_one("SELECT session_ext.session_stats()::text", &[]).unwrap().get(0);
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    stats["worker"]["databases"][0].clone()
+}
+
+fn worker_pid(client: &mut Client) -> Option<i32> {
+    client
+        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[test]
+fn expired_rows_disappear_within_two_intervals_and_live_rows_stay() {
+    let (_cluster, mut client) = preloaded("worker_cleans", "1s", &[]);
+    let (live, token) = session(&mut client, false);
+    let expired: Vec<Uuid> = (0..3).map(|_| session(&mut client, true).0).collect();
+    assert!(eventually(Duration::from_secs(4), || expired.iter().all(|id| !exists(&mut client, *id))));
+    assert!(exists(&mut client, live) && validates(&mut client, &token));
+    let stats = worker_stats(&mut client);
+    assert_eq!(stats["running"], true);
+    assert!(stats["total_deleted"].as_i64().unwrap() >= 3, "{stats}");
+    let named: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup' AND datname = 'postgres'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 1, "pg_stat_activity shows the worker and its database");
+}
+
+#[test]
+fn a_failed_run_is_logged_and_counted_and_the_next_run_cleans() {
+    let (cluster, mut client) = preloaded("worker_survives", "1s", &["lock_timeout = '200ms'"]);
+    let (expired, _) = session(&mut client, true);
+    let mut holder = cluster.connect("postgres", "postgres");
+    let mut lock = holder.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE session_ext.user_sessions IN ACCESS EXCLUSIVE MODE").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    lock.commit().unwrap();
+
+    let stats = worker_stats(&mut client);
+    assert!(stats["errors"].as_i64().unwrap() >= 1, "{stats}");
+    assert!(stats["last_error"].as_str().unwrap().contains("lock timeout"), "{stats}");
+    assert!(eventually(Duration::from_secs(4), || !exists(&mut client, expired)), "a later run cleaned");
+    assert_eq!(worker_stats(&mut client)["running"], true);
+    let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap();
+    assert!(log.contains("session_ext cleanup of database \"postgres\" failed"), "the error is logged");
+}
+
+#[test]
+fn a_killed_worker_is_restarted_and_cleanup_resumes_without_losing_live_sessions() {
+    let (cluster, mut client) = preloaded("worker_restarts", "1s", &[]);
+    let (live, token) = session(&mut client, false);
+    let first = worker_pid(&mut client).expect("the worker runs");
+    let killed = Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    // The postmaster treats it as a crash: every backend restarts, so connect again.
+    let mut client = None;
+    assert!(eventually(Duration::from_secs(30), || {
+        client = std::panic::catch_unwind(|| cluster.connect("postgres", "postgres")).ok();
+        client.is_some()
+    }));
+    let mut client = client.unwrap();
+    let mut second = None;
+    assert!(eventually(Duration::from_secs(30), || {
+        second = worker_pid(&mut client);
+        second.is_some_and(|pid| pid != first)
+    }));
+    let (expired, _) = session(&mut client, true);
+    assert!(eventually(Duration::from_secs(5), || !exists(&mut client, expired)), "cleanup resumed");
+    assert!(exists(&mut client, live) && validates(&mut client, &token), "the live session survived");
+}
+
+#[test]
+fn a_sighup_applies_a_new_interval() {
+    let (_cluster, mut client) = preloaded("worker_reloads", "1h", &[]);
+    let (expired, _) = session(&mut client, true);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(exists(&mut client, expired), "the next run is an hour away");
+    client.batch_execute("ALTER SYSTEM SET session_ext.cleanup_interval = '1s'").unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(eventually(Duration::from_secs(5), || !exists(&mut client, expired)));
+}
+
+#[test]
+fn fast_shutdown_is_not_delayed_even_while_the_worker_waits_for_a_lock() {
+    let (cluster, mut client) = preloaded("worker_stops", "1s", &[]);
+    session(&mut client, true);
+    let mut holder = cluster.connect("postgres", "postgres");
+    let mut lock = holder.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE session_ext.user_sessions IN ACCESS EXCLUSIVE MODE").unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    }));
+    let started = Instant::now();
+    cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "pg_ctl stop -m fast took {took:?}");
+    drop(lock);
+}
+
+#[test]
+fn a_streaming_replica_validates_read_only_and_runs_no_worker() {
+    let (primary, mut client) = preloaded("worker_primary", "1s", &[]);
+    let (live, token) = session(&mut client, false);
+    let (_, stale_token) = session(&mut client, false);
+    client
+        .execute(
+            "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 minutes' WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+            &[&stale_token],
+        )
+        .unwrap();
+    let bound: String = client
+        .query_one(
+            "SELECT token FROM session_ext.create_user_session(user_id => $1::text::uuid, session_data => '{}', fingerprint => 'fp')",
+            &[&USER],
+        )
+        .unwrap()
+        .get(0);
+    let replica = primary.replica("worker_replica");
+    let mut standby = replica.connect("postgres", "postgres");
+    assert!(eventually(Duration::from_secs(10), || exists(&mut standby, live)));
+
+    assert!(validates(&mut standby, &token));
+    assert!(validates(&mut standby, &stale_token), "a stale session validates without a write");
+    let active: bool =
+        standby.query_one("SELECT session_ext.is_session_active($1)", &[&live]).unwrap().get(0);
+    assert!(active);
+    let mismatch: bool = standby
+        .query_one("SELECT session_ext.validate_session($1, 'other') IS NULL", &[&bound])
+        .unwrap()
+        .get(0);
+    assert!(mismatch, "a fingerprint mismatch is refused without an audit write");
+    assert_eq!(worker_pid(&mut standby), None, "no worker on a standby");
+    let log = std::fs::read_to_string(replica.dir.join("server.log")).unwrap();
+    assert!(!log.contains("ERROR"), "nothing errors on the replica:\n{log}");
+    let recovering: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(recovering);
+}
+
+#[test]
+fn pg_cron_runs_the_cleanup_where_the_worker_is_not_preloaded() {
+    let cluster = Cluster::start(
+        "worker_pg_cron",
+        &[
+            "shared_preload_libraries = 'pg_cron'",
+            "cron.database_name = 'postgres'",
+            "cron.use_background_workers = on",
+            "max_worker_processes = 16",
+        ],
+    );
+    let mut client = cluster.connect("postgres", "postgres");
+    client.batch_execute("CREATE EXTENSION pg_cron; CREATE EXTENSION session_ext").unwrap();
+    let stats: String = client.query_one("SELECT session_ext.session_stats()::text", &[]).unwrap().get(0);
+    assert!(stats.contains(r#""preloaded": false"#), "{stats}");
+    let (live, _) = session(&mut client, false);
+    let (expired, _) = session(&mut client, true);
+    client
+        .batch_execute("SELECT cron.schedule('session_ext cleanup', '* * * * *', 'SELECT session_ext.cleanup_expired_sessions()')")
+        .unwrap();
+    // pg_cron's finest schedule is a minute.
+    assert!(eventually(Duration::from_secs(75), || !exists(&mut client, expired)));
+    assert!(exists(&mut client, live));
+    let succeeded: i64 = client
+        .query_one("SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'", &[])
+        .unwrap()
+        .get(0);
+    assert!(succeeded >= 1);
+}
+
+#[test]
+fn a_refused_creation_is_audited_by_the_worker() {
+    let (cluster, mut client) = preloaded("worker_refusals", "1h", &[]);
+    client.batch_execute("ALTER DATABASE postgres SET session_ext.max_creates_per_minute = 1").unwrap();
+    let mut client = cluster.connect("postgres", "postgres");
+    session(&mut client, false);
+    let refused = client.query_one(
+        "SELECT session_ext.create_user_session(user_id => $1::text::uuid, session_data => '{}')",
+        &[&USER],
+    );
+    assert_eq!(refused.unwrap_err().code().map(|c| c.code().to_string()).as_deref(), Some("53400"));
+    let audited = |client: &mut Client| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM session_ext.session_audit_log
+                  WHERE event = 'rate_limited' AND user_id = $1::text::uuid AND actor_role = 'postgres'",
+                &[&USER],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(eventually(Duration::from_secs(5), || audited(&mut client) == 1), "the worker wrote the refusal");
+}
