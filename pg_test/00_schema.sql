@@ -18,8 +18,8 @@ SELECT col_is_unique('session_ext', 'user_sessions', 'token_hash', 'token_hash i
 -- Every lookup the functions make is served by an index.
 SELECT index_is_unique('session_ext', 'user_sessions', 'user_sessions_token_hash_key', 'token lookup is one unique index probe');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_user_idx', ARRAY['user_id', 'created_at'], 'per-user index');
-SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until'], 'expiry index');
-SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at'], 'revocation index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until', 'id'], 'expiry index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at', 'id'], 'revocation index');
 
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_previous_token_idx', ARRAY['previous_token_hash'], 'reuse detection index');
 
@@ -27,7 +27,7 @@ SELECT has_table('session_ext', 'session_audit_log', 'the audit log exists');
 SELECT columns_are('session_ext', 'session_audit_log', ARRAY[
     'id', 'occurred_at', 'event', 'session_id', 'user_id', 'actor_role', 'actor_user_id', 'ip_address', 'details'
 ]);
-SELECT has_index('session_ext', 'session_audit_log', 'session_audit_log_occurred_idx', ARRAY['occurred_at'], 'pruning index');
+SELECT has_index('session_ext', 'session_audit_log', 'session_audit_log_occurred_idx', ARRAY['occurred_at', 'id'], 'pruning index');
 SELECT ok(relrowsecurity AND relforcerowsecurity, 'the audit log has forced row-level security')
   FROM pg_catalog.pg_class WHERE oid = 'session_ext.session_audit_log'::regclass;
 SELECT policies_are('session_ext', 'session_audit_log',

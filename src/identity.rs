@@ -159,14 +159,16 @@ fn outer_role() -> pg_sys::Oid {
 
 /// Admin = superuser, BYPASSRLS, or a member (with inherited privileges) of session_ext_admin.
 fn is_admin(role: pg_sys::Oid) -> bool {
-    // SAFETY: catalog lookups on a valid role oid, inside a transaction.
-    unsafe {
-        if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) {
-            return true;
+    crate::cache::admin(role, |role| {
+        // SAFETY: catalog lookups on a valid role oid, inside a transaction.
+        unsafe {
+            if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) {
+                return true;
+            }
+            let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
+            admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
         }
-        let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
-        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
-    }
+    })
 }
 
 fn role_name(role: pg_sys::Oid) -> String {

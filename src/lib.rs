@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod api;
+mod cache;
 mod db;
 mod errors;
 mod events;

@@ -4,8 +4,7 @@
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::{Datum, TimestampWithTimeZone};
-use pgrx::heap_tuple::PgHeapTuple;
-use pgrx::{pg_sys, Uuid};
+use pgrx::{pg_sys, IntoDatum, Uuid};
 
 /// A `json` argument as the text PostgreSQL already validated.
 pub struct JsonText<'fcx>(pub &'fcx str);
@@ -56,12 +55,25 @@ composite_result!(NewSession, "session_ext.new_session");
 impl NewSession {
     /// The `session_ext.new_session` composite: the only place a token is ever returned.
     pub fn new(id: Uuid, session_id: String, token: String, expires_at: TimestampWithTimeZone) -> NewSession {
-        let mut tuple = PgHeapTuple::new_composite_type("session_ext.new_session")
-            .expect("type session_ext.new_session exists with the extension");
-        tuple.set_by_name("id", id).expect("new_session.id is uuid");
-        tuple.set_by_name("session_id", session_id).expect("new_session.session_id is text");
-        tuple.set_by_name("token", token).expect("new_session.token is text");
-        tuple.set_by_name("expires_at", expires_at).expect("new_session.expires_at is timestamptz");
-        NewSession(tuple.into_composite_datum().expect("a formed tuple has a datum"))
+        let fields = [id.into_datum(), session_id.into_datum(), token.into_datum(), expires_at.into_datum()];
+        NewSession(form_composite(crate::cache::relations().new_session_type, fields))
+    }
+}
+
+/// A composite datum of type `type_oid` from its fields (`None` = NULL), with any TOASTed field
+/// flattened so that the value stands alone.
+pub fn form_composite<const N: usize>(
+    type_oid: pg_sys::Oid,
+    fields: [Option<pg_sys::Datum>; N],
+) -> pg_sys::Datum {
+    let mut values = fields.map(|f| f.unwrap_or(pg_sys::Datum::from(0)));
+    let mut nulls = fields.map(|f| f.is_none());
+    // SAFETY: the type is a composite of N fields whose types the caller's datums match.
+    unsafe {
+        let desc = pg_sys::lookup_rowtype_tupdesc(type_oid, -1);
+        assert_eq!((*desc).natts as usize, N, "composite type with {N} fields");
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::DecrTupleDescRefCount(desc);
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
     }
 }

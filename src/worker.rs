@@ -7,7 +7,7 @@
 //! an error in a run (logged, counted in `session_stats()`), and is restarted by the postmaster
 //! after a crash. It starts only once recovery has finished, so a hot standby runs none.
 
-use crate::api::cleanup::Pass;
+use crate::api::cleanup::{Cursor, Pass};
 use crate::events;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
 use crate::shmem::{self, MAX_DATABASES};
@@ -173,9 +173,11 @@ impl Worker {
         let batch = CLEANUP_BATCH_SIZE.get();
         let mut deleted = 0;
         for pass in Pass::ALL {
+            let mut cursor = Cursor::default();
             loop {
                 check_for_interrupts!();
-                let rows = in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch)));
+                let rows =
+                    in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, &mut cursor)));
                 if pass.deletes_sessions() {
                     deleted += rows as i64;
                 }

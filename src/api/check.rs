@@ -1,7 +1,7 @@
 //! Checking sessions (SPEC §4 "Checking"): `is_session_active`, `get_session`,
 //! `touch_session` and the hot path, `validate_session`.
 
-use super::{active, args, on_own_session, on_session, replayed, revoke, session_info_row, Subject};
+use super::{active, args, lookup, on_own_session, on_session, replayed, revoke, session_info_row, Subject};
 use crate::db::{Columns, Statement, BYTEA, INTERVAL, UUID};
 use crate::errors::boundary;
 use crate::events::{self, Event};
@@ -77,16 +77,6 @@ fn touch_session(session_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
     })
 }
 
-static LIVE_BY_TOKEN: Statement = Statement::new(
-    concat!(
-        "SELECT s.id, s.user_id, s.ip_address, s.fingerprint_hash, s.last_active_at < pg_catalog.now() - $2, ",
-        session_info_row!(),
-        " FROM session_ext.user_sessions s WHERE s.token_hash = $1 AND ",
-        active!()
-    ),
-    &[BYTEA, INTERVAL],
-);
-
 // Re-checks staleness so that concurrent validations of one session write once.
 static TOUCH: Statement = Statement::new(
     concat!(
@@ -131,35 +121,45 @@ fn validate_session(
 
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
     let hash = token::hash(token);
-    let touch_interval = settings::touch_interval();
     // SAFETY: reads a backend-global flag.
     let writable = !unsafe { pg_sys::XactReadOnly };
-    Spi::connect(|client| {
-        let Some(found) = LIVE_BY_TOKEN.one(client, &[hash.as_slice().into(), touch_interval.into()]) else {
-            if writable {
-                detect_reuse(client, &hash);
-            }
-            return None;
-        };
-        let subject = Subject::from_row(&found, 1);
-        if !scope.covers(subject.user_id) {
-            return None;
+    let Some(live) = lookup::live_by_token(&hash) else {
+        if writable {
+            Spi::connect(|client| detect_reuse(client, &hash));
         }
-        if !fingerprint_matches(found.col::<Vec<u8>>(4).as_deref(), fingerprint) {
-            if writable {
-                let details = json!({ "reason": "fingerprint_mismatch" });
-                events::record(client, Event::Suspicious, Some(&subject), details);
-            }
-            return None;
+        return None;
+    };
+    if !scope.covers(live.user_id) {
+        return None;
+    }
+    if !fingerprint_matches(live.fingerprint_hash.as_deref(), fingerprint) {
+        if writable {
+            Spi::connect(|client| {
+                let subject = Subject::of(client, live.id);
+                events::record(
+                    client,
+                    Event::Suspicious,
+                    subject.as_ref(),
+                    json!({ "reason": "fingerprint_mismatch" }),
+                );
+            });
         }
-        if writable && found.col::<bool>(5) == Some(true) {
-            let touched = TOUCH.one(client, &[subject.id.into(), touch_interval.into()]);
-            if let Some(info) = touched.and_then(|row| row.varlena(1)) {
-                return Some(SessionInfo(info));
-            }
+        return None;
+    }
+    let touch_after = i64::from(settings::TOUCH_INTERVAL.get()) * 1_000_000;
+    // SAFETY: reads the transaction's start time, which is now().
+    let stale = live.last_active_at < unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } - touch_after;
+    if writable && stale {
+        let touched = Spi::connect(|client| {
+            TOUCH
+                .one(client, &[live.id.into(), settings::touch_interval().into()])
+                .and_then(|row| row.varlena(1))
+        });
+        if let Some(info) = touched {
+            return Some(SessionInfo(info));
         }
-        found.varlena(6).map(SessionInfo)
-    })
+    }
+    Some(SessionInfo(live.info))
 }
 
 /// A token that is no session's current one may be a rotated-away one coming back.

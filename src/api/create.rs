@@ -3,7 +3,7 @@
 //! PostgREST picks an overload by the set of argument names in the JSON body, so each
 //! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
 
-use super::{args, limits, Subject};
+use super::{args, limits};
 use crate::db::{self, Columns, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
 use crate::events::{self, Event};
@@ -13,7 +13,6 @@ use crate::types::{JsonText, NewSession};
 use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
-use serde_json::json;
 
 /// A session for the calling user, keyed by a token the client already holds.
 #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
@@ -29,11 +28,11 @@ fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
             data: None,
             options: Options::defaults(),
         };
-        let created = row.insert(|| {
+        let created = row.insert(Some(|| {
             ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "session_token is already in use")
                 .detail("Another session was created with the same token.")
                 .hint("Generate a new random token for every session.")
-        })?;
+        }))?;
         Ok(created.id)
     })
 }
@@ -67,7 +66,7 @@ macro_rules! generating_overload {
 generating_overload! {
     /// A session for `user_id` with a generated id and a generated 256-bit token.
     fn create_user_session_with_data(user_id: Option<Uuid>, session_data: Option<JsonText<'_>>,)
-        => |options| create_with_generated_token(user_id, None, session_data, options, unreachable_conflict)
+        => |options| create_with_generated_token(user_id, None, session_data, options)
 }
 
 generating_overload! {
@@ -78,21 +77,17 @@ generating_overload! {
         session_data: default!(Option<JsonText<'_>>, "'{}'"),
     ) => |options| {
         let session_id = args::custom_session_id(session_id)?;
-        create_with_generated_token(user_id, Some(session_id), session_data, options, || {
-            ApiError::new(
-                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-                format!("session_id {} is already taken", excerpt(session_id)),
-            )
-            .detail(format!("A session with session_id {} exists.", excerpt(session_id)))
-            .hint("Choose another session_id, or revoke the existing session first.")
-        })
+        create_with_generated_token(user_id, Some(session_id), session_data, options)
     }
 }
 
-/// The generated id and token cannot collide; if the index says otherwise, say so plainly.
-fn unreachable_conflict() -> ApiError {
-    ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "generated session id or token collided")
-        .hint("Retry the call.")
+fn session_id_taken(session_id: &str) -> ApiError {
+    ApiError::new(
+        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        format!("session_id {} is already taken", excerpt(session_id)),
+    )
+    .detail(format!("A session with session_id {} exists.", excerpt(session_id)))
+    .hint("Choose another session_id, or revoke the existing session first.")
 }
 
 fn create_with_generated_token(
@@ -100,14 +95,14 @@ fn create_with_generated_token(
     session_id: Option<&str>,
     session_data: Option<JsonText<'_>>,
     options: Options<'_>,
-    conflict: impl FnOnce() -> ApiError,
 ) -> ApiResult<NewSession> {
     let user_id = args::required(user_id, "user_id")?;
     let data = args::session_data(session_data)?;
     identity::scope()?.authorize(user_id)?;
     let token = args::new_token()?;
     let token_hash = token::hash(&token);
-    let created = NewRow { user_id, session_id, token_hash, data: Some(data), options }.insert(conflict)?;
+    let taken = session_id.map(|id| move || session_id_taken(id));
+    let created = NewRow { user_id, session_id, token_hash, data: Some(data), options }.insert(taken)?;
     Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 
@@ -166,28 +161,55 @@ struct Created {
     expires_at: TimestampWithTimeZone,
 }
 
-static INSERT: Statement = Statement::new(
-    "INSERT INTO session_ext.user_sessions AS s
-         (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
-          fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
-     SELECT $1, $2, COALESCE($3, $1::text), $4, COALESCE($5, '{}'::jsonb), $6, $7, $8, $9,
-            pg_catalog.now(), pg_catalog.now(), e.expires_at, $11,
-            LEAST(e.expires_at, pg_catalog.now() + $11)
-       FROM (SELECT pg_catalog.now() + $10 AS expires_at) e
-     ON CONFLICT DO NOTHING
-     RETURNING s.session_id, s.expires_at",
-    &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL],
-);
+/// Inserts one session, and while `session_ext.audit` is on its `create` event, in one statement:
+/// a creation is a single round through the executor. `$on_conflict` says what a taken session
+/// id or token does; nothing at all is inserted then.
+macro_rules! insert_session {
+    ($on_conflict:literal) => {
+        Statement::new(
+            concat!(
+                "WITH s AS (
+                    INSERT INTO session_ext.user_sessions AS s
+                         (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
+                          fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
+                    SELECT $1, $2, COALESCE($3, $1::text), $4, COALESCE($5, '{}'::jsonb), $6, $7, $8, $9,
+                           pg_catalog.now(), pg_catalog.now(), e.expires_at, $11,
+                           LEAST(e.expires_at, pg_catalog.now() + $11)
+                      FROM (SELECT pg_catalog.now() + $10 AS expires_at) e ",
+                $on_conflict,
+                "   RETURNING s.id, s.user_id, s.ip_address, s.session_id, s.expires_at),
+                 audited AS (
+                    INSERT INTO session_ext.session_audit_log
+                           (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
+                    SELECT $12, s.id, s.user_id, $13, $14, s.ip_address,
+                           pg_catalog.jsonb_build_object('session_id', s.session_id)
+                      FROM s WHERE $12 IS NOT NULL)
+                 SELECT s.session_id, s.expires_at FROM s"
+            ),
+            &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL, TEXT, TEXT, UUID],
+        )
+    };
+}
+
+/// For a generated id and token, which cannot collide: no speculative insertion.
+static INSERT_NEW: Statement = insert_session!("");
+/// For a caller's session id or token, which may be taken.
+static INSERT_UNLESS_TAKEN: Statement = insert_session!("ON CONFLICT DO NOTHING");
 
 impl NewRow<'_> {
-    /// Inserts the row within the per-user limits and records the event; a taken session id or
-    /// token yields `conflict()`, and an error of any kind leaves nothing written.
-    fn insert(self, conflict: impl FnOnce() -> ApiError) -> ApiResult<Created> {
+    /// Inserts the row within the per-user limits, with its audit row; an error of any kind
+    /// leaves nothing written. `taken` is the error for a session id or token already in use;
+    /// without it, the id and token were generated and cannot be taken.
+    fn insert<F: FnOnce() -> ApiError>(self, taken: Option<F>) -> ApiResult<Created> {
+        let statement = if taken.is_some() { &INSERT_UNLESS_TAKEN } else { &INSERT_NEW };
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
         let o = self.options;
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
         let data = self.data.map_or_else(|| DatumWithOid::null_oid(JSONB.value()), |d| db::arg_as(d, JSONB));
-        let subject = Subject { id, user_id: self.user_id, ip_address: o.ip_address.clone() };
+        let (event, actor_role, actor_user_id) = match events::actor_if_audited() {
+            Some((role, user)) => (Some(Event::Create.name()), Some(role), user),
+            None => (None, None, None),
+        };
         let args = [
             id.into(),
             self.user_id.into(),
@@ -200,21 +222,22 @@ impl NewRow<'_> {
             fingerprint_hash.into(),
             o.ttl.into(),
             o.idle_timeout.into(),
+            event.into(),
+            actor_role.into(),
+            actor_user_id.into(),
         ];
         Spi::connect(|client| {
             limits::before_create(client, self.user_id)?;
-            let row = INSERT.one(client, &args).ok_or_else(conflict)?;
+            let Some(row) = statement.one(client, &args) else {
+                return Err(
+                    taken.map_or_else(|| unreachable!("INSERT_NEW inserts or raises"), |taken| taken())
+                );
+            };
             let created = Created {
                 id,
                 session_id: row.col(1).expect("session_id is NOT NULL"),
                 expires_at: row.col(2).expect("expires_at is NOT NULL"),
             };
-            events::record(
-                client,
-                Event::Create,
-                Some(&subject),
-                json!({ "session_id": created.session_id }),
-            );
             limits::after_create(client, self.user_id, id);
             Ok(created)
         })

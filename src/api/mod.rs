@@ -8,6 +8,7 @@ mod create;
 mod data;
 mod devices;
 mod limits;
+mod lookup;
 mod revoke;
 mod rotate;
 mod stats;

@@ -1,0 +1,7 @@
+INSERT INTO session_ext.user_sessions
+       (id, user_id, session_id, token_hash, session_data, created_at, last_active_at, expires_at,
+        idle_timeout, valid_until)
+SELECT x.id, gen_random_uuid(), x.id::text,
+       sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')), '{}',
+       now(), now(), now() + interval '1 day', interval '1 hour', now() + interval '1 hour'
+  FROM (SELECT gen_random_uuid() AS id) x;

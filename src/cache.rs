@@ -1,0 +1,92 @@
+//! Catalog facts the hot path needs on every call, kept per backend and dropped as soon as
+//! PostgreSQL reports a change to the catalogs they come from (the same invalidation callbacks
+//! PostgreSQL's own caches use), so they are never stale.
+
+use pgrx::{pg_guard, pg_sys};
+use std::cell::Cell;
+use std::ffi::CStr;
+
+/// The relations `validate_session` reads directly.
+#[derive(Debug, Clone, Copy)]
+pub struct Relations {
+    pub table: pg_sys::Oid,
+    pub token_index: pg_sys::Oid,
+    pub info_type: pg_sys::Oid,
+    pub new_session_type: pg_sys::Oid,
+    info_relation: pg_sys::Oid,
+    new_session_relation: pg_sys::Oid,
+}
+
+thread_local! {
+    static RELATIONS: Cell<Option<Relations>> = const { Cell::new(None) };
+    static ADMIN: Cell<Option<(pg_sys::Oid, bool)>> = const { Cell::new(None) };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// session_ext's table, token index and result types, looked up once per backend.
+pub fn relations() -> Relations {
+    watch();
+    if let Some(relations) = RELATIONS.get() {
+        return relations;
+    }
+    // SAFETY: catalog lookups by name inside a transaction; the extension's objects exist while
+    // its functions do.
+    let relations = unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"session_ext".as_ptr(), false);
+        let relid = |name: &CStr| pg_sys::get_relname_relid(name.as_ptr(), namespace);
+        let info_relation = relid(c"session_info");
+        let new_session_relation = relid(c"new_session");
+        Relations {
+            table: relid(c"user_sessions"),
+            token_index: relid(c"user_sessions_token_hash_key"),
+            info_type: pg_sys::get_rel_type_id(info_relation),
+            new_session_type: pg_sys::get_rel_type_id(new_session_relation),
+            info_relation,
+            new_session_relation,
+        }
+    };
+    RELATIONS.set(Some(relations));
+    relations
+}
+
+/// Whether `role` is an admin, decided by `decide` once until roles or memberships change.
+pub fn admin(role: pg_sys::Oid, decide: impl FnOnce(pg_sys::Oid) -> bool) -> bool {
+    watch();
+    match ADMIN.get() {
+        Some((cached, admin)) if cached == role => admin,
+        _ => {
+            let admin = decide(role);
+            ADMIN.set(Some((role, admin)));
+            admin
+        }
+    }
+}
+
+fn watch() {
+    if WATCHING.replace(true) {
+        return;
+    }
+    // SAFETY: registers callbacks for the life of the backend, as PostgreSQL's caches do.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        for cache in [pg_sys::SysCacheIdentifier::AUTHOID, pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM] {
+            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(roles_changed), pg_sys::Datum::from(0));
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = RELATIONS.get().is_some_and(|r| {
+        relid == pg_sys::InvalidOid
+            || [r.table, r.token_index, r.info_relation, r.new_session_relation].contains(&relid)
+    });
+    if ours {
+        RELATIONS.set(None);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn roles_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    ADMIN.set(None);
+}
