@@ -18,6 +18,8 @@ LARGE="${BENCH_LARGE:-10000000}"
 SMALL=10000
 MEDIUM="${BENCH_MEDIUM:-1000000}"
 PORT="${SESSION_EXT_BENCH_PORT:-28817}"
+# A third of the RAM: the largest scale's sessions and indexes then stay in PostgreSQL's cache.
+SHARED_BUFFERS="${BENCH_SHARED_BUFFERS:-$(awk '/MemTotal/ { printf "%dMB", $2 / 1024 / 3 }' /proc/meminfo)}"
 BENCH="$ROOT/bench"
 RESULTS="$BENCH/results.md"
 
@@ -28,21 +30,23 @@ cluster_create bench "$PORT" \
     "shared_preload_libraries = 'session_ext'" \
     "session_ext.cleanup_interval = 0" \
     "session_ext.touch_interval = '1h'" \
-    "shared_buffers = '2GB'" "max_wal_size = '16GB'" "checkpoint_timeout = '30min'" \
+    "shared_buffers = '$SHARED_BUFFERS'" "max_wal_size = '16GB'" "checkpoint_timeout = '30min'" \
     "autovacuum = off" "jit = off" "max_connections = 20"
 cluster_start bench
 WORK="$(cluster_dir bench)/work"
 mkdir -p "$WORK"
 sql() { cluster_psql bench -At "$@"; }
-sql -c "CREATE EXTENSION session_ext" -f "$BENCH/peers.sql" >/dev/null
+sql -c "CREATE EXTENSION session_ext" -c "CREATE EXTENSION pg_prewarm" -f "$BENCH/peers.sql" >/dev/null
 # A second superuser whose sessions write no audit rows: session_ext doing exactly what a plain
 # INSERT of a session does.
 sql -c "CREATE ROLE bench_unaudited LOGIN SUPERUSER" -c "ALTER ROLE bench_unaudited SET session_ext.audit = off" >/dev/null
 
-# load FIRST LAST [expired]: sessions FIRST..LAST, then VACUUM ANALYZE.
+# load FIRST LAST [expired]: sessions FIRST..LAST, then VACUUM ANALYZE, and the table and its
+# token index read into the cache, so that every scale is measured warm.
 load() {
     local started=$SECONDS
-    sql -c "CALL bench.load($1, $2, ${3:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" >/dev/null
+    sql -c "CALL bench.load($1, $2, ${3:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" \
+        -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key')" >/dev/null
     echo "  loaded sessions $1..$2 in $((SECONDS - started)) s"
 }
 
@@ -90,7 +94,7 @@ latency() {
 }
 
 elapsed() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 ROWS=()
 # row MEASURE EXT BASE RATIO TARGET(>=x or <=x)
 row() {
@@ -170,7 +174,8 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
     echo "# session_ext benchmark"
     echo
     echo "$(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM,"
-    echo "$("$PG_BIN/postgres" --version), pgbench -M prepared -c $CLIENTS -j 1, $ROUNDS rounds of ${SECONDS_PER_ROUND}s, medians."
+    echo "$("$PG_BIN/postgres" --version), shared_buffers $SHARED_BUFFERS, pgbench -M prepared -c $CLIENTS -j 1,"
+    echo "$ROUNDS rounds of ${SECONDS_PER_ROUND}s per peer, interleaved; medians."
     echo
     echo "| measure | session_ext | baseline | ratio | target | met |"
     echo "|---|---|---|---|---|---|"

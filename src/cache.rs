@@ -10,6 +10,7 @@ use std::ffi::CStr;
 #[derive(Debug, Clone, Copy)]
 pub struct Relations {
     pub table: pg_sys::Oid,
+    pub audit_table: pg_sys::Oid,
     pub token_index: pg_sys::Oid,
     pub info_type: pg_sys::Oid,
     pub new_session_type: pg_sys::Oid,
@@ -23,7 +24,7 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// session_ext's table, token index and result types, looked up once per backend.
+/// session_ext's tables, token index and result types, looked up once per backend.
 pub fn relations() -> Relations {
     watch();
     if let Some(relations) = RELATIONS.get() {
@@ -38,6 +39,7 @@ pub fn relations() -> Relations {
         let new_session_relation = relid(c"new_session");
         Relations {
             table: relid(c"user_sessions"),
+            audit_table: relid(c"session_audit_log"),
             token_index: relid(c"user_sessions_token_hash_key"),
             info_type: pg_sys::get_rel_type_id(info_relation),
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
@@ -79,7 +81,8 @@ fn watch() {
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = RELATIONS.get().is_some_and(|r| {
         relid == pg_sys::InvalidOid
-            || [r.table, r.token_index, r.info_relation, r.new_session_relation].contains(&relid)
+            || [r.table, r.audit_table, r.token_index, r.info_relation, r.new_session_relation]
+                .contains(&relid)
     });
     if ours {
         RELATIONS.set(None);

@@ -176,12 +176,10 @@ impl Worker {
             let mut cursor = Cursor::default();
             loop {
                 check_for_interrupts!();
-                let rows =
+                let done =
                     in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, &mut cursor)));
-                if pass.deletes_sessions() {
-                    deleted += rows as i64;
-                }
-                if rows < batch as usize {
+                deleted += done.sessions;
+                if done.was_last(batch) {
                     break;
                 }
             }

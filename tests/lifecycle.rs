@@ -432,3 +432,34 @@ fn audit_off_writes_no_rows() {
         admin.query_one("SELECT count(*) FROM session_ext.session_audit_log", &[]).unwrap().get(0);
     assert_eq!(events, 0);
 }
+
+#[test]
+fn cleanup_skips_rows_another_transaction_holds_and_takes_them_later() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let expire = |admin: &mut Client| -> Uuid {
+        let (id, _) = session_of(admin, ALICE);
+        admin
+            .execute(
+                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = $1",
+                &[&id],
+            )
+            .unwrap();
+        id
+    };
+    let held = expire(&mut admin);
+    let free = expire(&mut admin);
+    let mut holder = shared_cluster(CLUSTER).connect("postgres", &db);
+    let mut lock = holder.transaction().unwrap();
+    lock.execute("SELECT 1 FROM session_ext.user_sessions WHERE id = $1 FOR UPDATE", &[&held]).unwrap();
+
+    // The held row neither blocks cleanup nor is deleted by it.
+    let deleted: i64 = admin.query_one("SELECT session_ext.cleanup_expired_sessions()", &[]).unwrap().get(0);
+    assert_eq!(deleted, 1);
+    let left: Vec<Uuid> = column(&mut admin, "SELECT id FROM session_ext.user_sessions");
+    assert_eq!(left, vec![held]);
+    assert_ne!(held, free);
+
+    lock.commit().unwrap();
+    let deleted: i64 = admin.query_one("SELECT session_ext.cleanup_expired_sessions()", &[]).unwrap().get(0);
+    assert_eq!(deleted, 1, "a later run takes it");
+}
