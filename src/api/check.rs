@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[pg_test]
+    fn from_clause_and_expression_calls_return_the_same_row() {
+        let (_, token) = create(ALICE, ", device_info => 'phone', ip_address => '192.0.2.1'");
+        let from =
+            Spi::get_one::<String>(&format!("SELECT v::text FROM session_ext.validate_session('{token}') v"));
+        let expression =
+            Spi::get_one::<String>(&format!("SELECT session_ext.validate_session('{token}')::text"));
+        assert_eq!(from.unwrap(), expression.unwrap());
+        let columns =
+            format!("SELECT device_info, host(ip_address) FROM session_ext.validate_session('{token}')");
+        assert_eq!(
+            Spi::get_two::<String, String>(&columns).unwrap(),
+            (Some("phone".into()), Some("192.0.2.1".into()))
+        );
+        // Unknown: one row of NULLs in a FROM clause, NULL as an expression.
+        let unknown = "x".repeat(43);
+        let nulls =
+            format!("SELECT count(*) FROM session_ext.validate_session('{unknown}') v WHERE v.id IS NULL");
+        assert_eq!(count(&nulls), 1);
+        assert!(!validates(&unknown, "NULL"));
+    }
+
+    #[pg_test]
     fn a_bound_fingerprint_must_match() {
         let (_, token) = create(ALICE, ", fingerprint => 'device-a'");
         assert!(validates(&token, "'device-a'"));

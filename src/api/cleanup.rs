@@ -12,27 +12,20 @@ use pgrx::spi::SpiClient;
 use serde_json::json;
 
 /// Up to $1 rows of `table` whose `column` is at least $2 in the past, in the order of its
-/// (`column`, id) index from just after ($3, $4): every batch starts where the previous one ended
-/// and never walks again over the index entries of rows already deleted.
+/// (`column`, id) index from just after ($3, $4): their ctids, and the (`column`, id) of the last,
+/// where the next batch starts, so that no batch walks again over the index entries of rows
+/// already deleted. One row comes back, whatever the batch size.
 macro_rules! candidates {
     ($table:literal, $column:literal, $id_type:literal) => {
         Statement::new(
             concat!(
-                "SELECT t.ctid, t.",
-                $column,
-                ", t.id::text FROM ",
-                $table,
-                " t",
-                " WHERE t.",
-                $column,
-                " <= pg_catalog.now() - $2 AND (t.",
-                $column,
-                ", t.id) > ($3, $4::",
-                $id_type,
-                ")",
-                " ORDER BY t.",
-                $column,
-                ", t.id LIMIT $1"
+                "WITH picked AS (SELECT t.ctid, t.", $column, " AS reached, t.id FROM ", $table, " t",
+                "                 WHERE t.", $column, " <= pg_catalog.now() - $2",
+                "                   AND (t.", $column, ", t.id) > ($3, $4::", $id_type, ")",
+                "                 ORDER BY t.", $column, ", t.id LIMIT $1)",
+                " SELECT (SELECT pg_catalog.array_agg(p.ctid) FROM picked p), last.reached, last.id::text",
+                "   FROM (SELECT) one LEFT JOIN",
+                "        (SELECT p.reached, p.id FROM picked p ORDER BY p.reached DESC, p.id DESC LIMIT 1) last ON true"
             ),
             &[INT4, INTERVAL, TIMESTAMPTZ, TEXT],
         )
@@ -164,13 +157,11 @@ impl Pass {
     pub fn run_batch(self, client: &SpiClient<'_>, batch: i32, cursor: &mut Cursor) -> Batch {
         let first_id = cursor.1.clone().unwrap_or_else(|| self.smallest_id().to_string());
         let arguments = [batch.into(), self.retention().into(), cursor.0.into(), first_id.into()];
-        let mut tids = Vec::with_capacity(batch as usize);
-        self.candidates().each(client, &arguments, |row| {
-            tids.extend(row.col::<pg_sys::ItemPointerData>(1));
-            if let (Some(reached), Some(id)) = (row.col::<TimestampWithTimeZone>(2), row.col::<String>(3)) {
-                *cursor = Cursor(reached, Some(id));
-            }
-        });
+        let picked = self.candidates().one(client, &arguments).expect("one row comes back");
+        let tids: Vec<pg_sys::ItemPointerData> = picked.col(1).unwrap_or_default();
+        if let (Some(reached), Some(id)) = (picked.col::<TimestampWithTimeZone>(2), picked.col::<String>(3)) {
+            *cursor = Cursor(reached, Some(id));
+        }
         let relations = crate::cache::relations();
         let deleted = if self.deletes_sessions() {
             delete_unheld(client, relations.table, &tids, &DELETE_SESSIONS)

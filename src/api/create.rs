@@ -4,15 +4,15 @@
 //! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
 
 use super::{args, limits};
-use crate::db::{self, Columns, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, UUID};
+use crate::db::{self, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
 use crate::events::{self, Event};
 use crate::identity;
 use crate::token::{self, TokenHash};
 use crate::types::{JsonText, NewSession};
-use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
+use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, Uuid};
+use pgrx::{JsonB, PgSqlErrorCode, Uuid};
 
 /// A session for the calling user, keyed by a token the client already holds.
 #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
@@ -161,87 +161,108 @@ struct Created {
     expires_at: TimestampWithTimeZone,
 }
 
-/// Inserts one session, and while `session_ext.audit` is on its `create` event, in one statement:
-/// a creation is a single round through the executor. `$on_conflict` says what a taken session
-/// id or token does; nothing at all is inserted then.
+/// Inserts one session from parameters alone: every value, times included, is computed before,
+/// so the executor only stores. With `audited!` the same statement writes the `create` event.
+/// `$on_conflict` says what a taken session id or token does; nothing at all is inserted then.
+/// The statement reports one row per session inserted.
 macro_rules! insert_session {
     ($on_conflict:literal) => {
+        insert_session!(@ $on_conflict, "", "")
+    };
+    ($on_conflict:literal, audited) => {
+        insert_session!(@ $on_conflict, "WITH s AS (", concat!(
+            " RETURNING s.id)
+             INSERT INTO session_ext.session_audit_log
+                    (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
+             SELECT $14, s.id, $2, $15, $16, $8, pg_catalog.jsonb_build_object('session_id', $3) FROM s"
+        ))
+    };
+    (@ $on_conflict:literal, $before:expr, $after:expr) => {
         Statement::new(
             concat!(
-                "WITH s AS (
-                    INSERT INTO session_ext.user_sessions AS s
-                         (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
-                          fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
-                    SELECT $1, $2, COALESCE($3, $1::text), $4, COALESCE($5, '{}'::jsonb), $6, $7, $8, $9,
-                           pg_catalog.now(), pg_catalog.now(), e.expires_at, $11,
-                           LEAST(e.expires_at, pg_catalog.now() + $11)
-                      FROM (SELECT pg_catalog.now() + $10 AS expires_at) e ",
+                $before,
+                "INSERT INTO session_ext.user_sessions AS s
+                      (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
+                       fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13) ",
                 $on_conflict,
-                "   RETURNING s.id, s.user_id, s.ip_address, s.session_id, s.expires_at),
-                 audited AS (
-                    INSERT INTO session_ext.session_audit_log
-                           (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
-                    SELECT $12, s.id, s.user_id, $13, $14, s.ip_address,
-                           pg_catalog.jsonb_build_object('session_id', s.session_id)
-                      FROM s WHERE $12 IS NOT NULL)
-                 SELECT s.session_id, s.expires_at FROM s"
+                $after
             ),
-            &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, INTERVAL, INTERVAL, TEXT, TEXT, UUID],
+            &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, TIMESTAMPTZ, TIMESTAMPTZ, INTERVAL, TIMESTAMPTZ,
+              TEXT, TEXT, UUID],
         )
     };
 }
 
 /// For a generated id and token, which cannot collide: no speculative insertion.
-static INSERT_NEW: Statement = insert_session!("");
+static INSERT_NEW: [Statement; 2] = [insert_session!(""), insert_session!("", audited)];
 /// For a caller's session id or token, which may be taken.
-static INSERT_UNLESS_TAKEN: Statement = insert_session!("ON CONFLICT DO NOTHING");
+static INSERT_UNLESS_TAKEN: [Statement; 2] =
+    [insert_session!("ON CONFLICT DO NOTHING"), insert_session!("ON CONFLICT DO NOTHING", audited)];
 
 impl NewRow<'_> {
     /// Inserts the row within the per-user limits, with its audit row; an error of any kind
     /// leaves nothing written. `taken` is the error for a session id or token already in use;
     /// without it, the id and token were generated and cannot be taken.
     fn insert<F: FnOnce() -> ApiError>(self, taken: Option<F>) -> ApiResult<Created> {
-        let statement = if taken.is_some() { &INSERT_UNLESS_TAKEN } else { &INSERT_NEW };
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+        let session_id = self.session_id.map_or_else(|| id.to_string(), str::to_owned);
         let o = self.options;
+        // now(), as SQL would see it: the transaction's start.
+        // SAFETY: reads the current transaction's start time.
+        let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
+            .expect("the transaction start is a finite time");
+        let expires_at = now + o.ttl;
+        let valid_until = o.idle_timeout.map_or(expires_at, |idle| {
+            let idle_end = now + idle;
+            if idle_end.into_inner() < expires_at.into_inner() {
+                idle_end
+            } else {
+                expires_at
+            }
+        });
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
-        let data = self.data.map_or_else(|| DatumWithOid::null_oid(JSONB.value()), |d| db::arg_as(d, JSONB));
+        let data = db::arg_as(self.data.unwrap_or_else(empty_object), JSONB);
         let (event, actor_role, actor_user_id) = match events::actor_if_audited() {
             Some((role, user)) => (Some(Event::Create.name()), Some(role), user),
             None => (None, None, None),
         };
+        let statements = if taken.is_some() { &INSERT_UNLESS_TAKEN } else { &INSERT_NEW };
+        let statement = &statements[usize::from(event.is_some())];
         let args = [
             id.into(),
             self.user_id.into(),
-            self.session_id.into(),
+            session_id.as_str().into(),
             self.token_hash.as_slice().into(),
             data,
             o.device_info.into(),
             o.user_agent.into(),
             o.ip_address.into(),
             fingerprint_hash.into(),
-            o.ttl.into(),
+            now.into(),
+            expires_at.into(),
             o.idle_timeout.into(),
+            valid_until.into(),
             event.into(),
             actor_role.into(),
             actor_user_id.into(),
         ];
         Spi::connect(|client| {
             limits::before_create(client, self.user_id)?;
-            let Some(row) = statement.one(client, &args) else {
+            if statement.count(client, &args) == 0 {
                 return Err(
                     taken.map_or_else(|| unreachable!("INSERT_NEW inserts or raises"), |taken| taken())
                 );
-            };
-            let created = Created {
-                id,
-                session_id: row.col(1).expect("session_id is NOT NULL"),
-                expires_at: row.col(2).expect("expires_at is NOT NULL"),
-            };
+            }
             limits::after_create(client, self.user_id, id);
-            Ok(created)
+            Ok(Created { id, session_id, expires_at })
         })
     }
+}
+
+/// `'{}'::jsonb`, the session data of a session created without any.
+fn empty_object() -> pg_sys::Datum {
+    JsonB(serde_json::json!({})).into_datum().expect("a jsonb datum")
 }
 
 #[cfg(any(test, feature = "pg_test"))]

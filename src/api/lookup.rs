@@ -4,7 +4,6 @@
 //! lookup written as a raw query (SPEC §9).
 
 use crate::token::TokenHash;
-use crate::types::form_composite;
 use pgrx::{pg_sys, FromDatum, IntoDatum, Uuid};
 use std::mem::MaybeUninit;
 
@@ -59,52 +58,145 @@ pub struct Live {
     pub info: pg_sys::Datum,
 }
 
+/// What the lookup copies out of the row while its buffer is pinned: plain values and datums
+/// allocated in the caller's memory context.
+#[derive(Clone, Copy)]
+struct Found {
+    id: pg_sys::Datum,
+    user_id: pg_sys::Datum,
+    fingerprint_hash: Option<pg_sys::Datum>,
+    last_active_at: i64,
+    info: pg_sys::Datum,
+}
+
+/// The PostgreSQL functions of the lookup, declared without the error trap (a `sigsetjmp`) that
+/// pgrx's bindings set around every single call: the lookup makes about fifteen such calls on
+/// every validation, so it runs them all inside one trap instead (`live_by_token`). The
+/// signatures are those of pgrx's bindings for PostgreSQL 15.
+mod untrapped {
+    use pgrx::pg_sys::*;
+    use std::ffi::c_int;
+
+    unsafe extern "C-unwind" {
+        pub fn table_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
+        pub fn index_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
+        pub fn ScanKeyInit(
+            entry: ScanKey,
+            attribute: AttrNumber,
+            strategy: StrategyNumber,
+            procedure: RegProcedure,
+            argument: Datum,
+        );
+        pub fn ActiveSnapshotSet() -> bool;
+        pub fn GetActiveSnapshot() -> Snapshot;
+        pub fn GetTransactionSnapshot() -> Snapshot;
+        pub fn index_beginscan(
+            heap: Relation,
+            index: Relation,
+            snapshot: Snapshot,
+            nkeys: c_int,
+            norderbys: c_int,
+        ) -> IndexScanDesc;
+        pub fn index_rescan(
+            scan: IndexScanDesc,
+            keys: ScanKey,
+            nkeys: c_int,
+            orderbys: ScanKey,
+            norderbys: c_int,
+        );
+        pub fn table_slot_create(relation: Relation, reglist: *mut *mut List) -> *mut TupleTableSlot;
+        pub fn index_getnext_slot(
+            scan: IndexScanDesc,
+            direction: ScanDirection::Type,
+            slot: *mut TupleTableSlot,
+        ) -> bool;
+        pub fn slot_getsomeattrs_int(slot: *mut TupleTableSlot, attnum: c_int);
+        pub fn ExecDropSingleTupleTableSlot(slot: *mut TupleTableSlot);
+        pub fn index_endscan(scan: IndexScanDesc);
+        pub fn index_close(relation: Relation, lockmode: LOCKMODE);
+        pub fn table_close(relation: Relation, lockmode: LOCKMODE);
+        pub fn GetCurrentTransactionStartTimestamp() -> TimestampTz;
+        pub fn lookup_rowtype_tupdesc(type_id: Oid, typmod: i32) -> TupleDesc;
+        pub fn DecrTupleDescRefCount(tupdesc: TupleDesc);
+        pub fn heap_form_tuple(tupdesc: TupleDesc, values: *mut Datum, isnull: *mut bool) -> HeapTuple;
+        pub fn HeapTupleHeaderGetDatum(tuple: HeapTupleHeader) -> Datum;
+        pub fn datumCopy(value: Datum, typbyval: bool, typlen: c_int) -> Datum;
+    }
+}
+
 /// The active session whose current token hashes to `hash`, as `now()` and the statement's
 /// snapshot see it: not revoked, `valid_until` still ahead.
 pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
     let relations = crate::cache::relations();
+    assert_eq!(
+        relations.info_fields,
+        SESSION_INFO.len(),
+        "session_ext.session_info has the fields of SESSION_INFO"
+    );
+    let key = hash.as_slice().into_datum().expect("a bytea datum");
     // SAFETY: an index scan inside a transaction, following the pattern of PostgreSQL's own
     // single-row lookups; every resource opened here is closed before returning, and the locks
-    // are kept until the end of the transaction, as the executor keeps them.
+    // are kept until the end of the transaction, as the executor keeps them. An error raised
+    // inside jumps back to the trap and leaves only plain values on the abandoned frames.
+    let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, key)) }?;
+    // SAFETY: the datums were copied into the caller's memory context by `find`.
     unsafe {
-        let table = pg_sys::table_open(relations.table, pg_sys::AccessShareLock as _);
-        let index = pg_sys::index_open(relations.token_index, pg_sys::AccessShareLock as _);
+        Some(Live {
+            id: Uuid::from_datum(found.id, false)?,
+            user_id: Uuid::from_datum(found.user_id, false)?,
+            fingerprint_hash: found.fingerprint_hash.and_then(|d| Vec::<u8>::from_datum(d, false)),
+            last_active_at: found.last_active_at,
+            info: found.info,
+        })
+    }
+}
 
-        let mut key = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
-        pg_sys::ScanKeyInit(
-            key.as_mut_ptr(),
+/// The lookup itself, calling PostgreSQL only through `untrapped`.
+///
+/// # Safety
+/// Runs inside a transaction and inside an error trap; `relations` are session_ext's.
+unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option<Found> {
+    use untrapped::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let table = table_open(relations.table, pg_sys::AccessShareLock as _);
+        let index = index_open(relations.token_index, pg_sys::AccessShareLock as _);
+        let mut scan_key = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
+        ScanKeyInit(
+            scan_key.as_mut_ptr(),
             1,
             pg_sys::BTEqualStrategyNumber as _,
             pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
-            hash.as_slice().into_datum().expect("a bytea datum"),
+            key,
         );
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
-        let scan = pg_sys::index_beginscan(table, index, snapshot, 1, 0);
-        pg_sys::index_rescan(scan, key.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
-        let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
-        let found = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            pg_sys::slot_getallattrs(slot);
-            live_from(slot, relations.info_type)
+        let snapshot = if ActiveSnapshotSet() { GetActiveSnapshot() } else { GetTransactionSnapshot() };
+        let scan = index_beginscan(table, index, snapshot, 1, 0);
+        index_rescan(scan, scan_key.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
+        let slot = table_slot_create(table, std::ptr::null_mut());
+        let found = if index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            let natts = (*(*slot).tts_tupleDescriptor).natts;
+            slot_getsomeattrs_int(slot, natts);
+            // Columns are never fewer (dropped ones still count); checked so nothing can panic.
+            (natts as usize >= column::REVOKE_REASON).then(|| copy_out(slot, relations.info_type)).flatten()
         } else {
             None
         };
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::index_endscan(scan);
-        pg_sys::index_close(index, pg_sys::NoLock as _);
-        pg_sys::table_close(table, pg_sys::NoLock as _);
+        ExecDropSingleTupleTableSlot(slot);
+        index_endscan(scan);
+        index_close(index, pg_sys::NoLock as _);
+        table_close(table, pg_sys::NoLock as _);
         found
     }
 }
 
-/// The session in `slot` (all attributes deformed), if it is active.
+/// The session in `slot` (all attributes deformed), if it is active, copied out of the slot.
 ///
 /// # Safety
-/// `slot` holds a row of `session_ext.user_sessions`; `info_type` is `session_ext.session_info`.
-unsafe fn live_from(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Live> {
+/// As `find`; `slot` holds a row of `session_ext.user_sessions`; `info_type` is
+/// `session_ext.session_info`, with the fields of `SESSION_INFO`. Nothing here may panic: a
+/// panic cannot leave the trap.
+unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Found> {
+    use untrapped::*;
     // SAFETY: the caller's contract; values and nulls have one entry per attribute.
     unsafe {
         let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
@@ -112,23 +204,29 @@ unsafe fn live_from(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -
         let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
         let get = |column: usize| (!nulls[column - 1]).then(|| values[column - 1]);
 
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
         let valid_until = get(column::VALID_UNTIL).map_or(0, |d| d.value() as i64);
-        if get(column::REVOKED_AT).is_some() || valid_until <= now {
+        if get(column::REVOKED_AT).is_some() || valid_until <= GetCurrentTransactionStartTimestamp() {
             return None;
         }
-        let uuid = |column| Uuid::from_datum(get(column)?, false);
-        let bytes = |column| Vec::<u8>::from_datum(get(column)?, false);
-
-        Some(Live {
-            id: uuid(column::ID)?,
-            user_id: uuid(column::USER_ID)?,
-            fingerprint_hash: bytes(column::FINGERPRINT_HASH),
+        let copy = |column: usize, length: i32| get(column).map(|d| datumCopy(d, false, length));
+        let mut info_values = SESSION_INFO.map(|column| get(column).unwrap_or(pg_sys::Datum::from(0)));
+        let mut info_nulls = SESSION_INFO.map(|column| nulls[column - 1]);
+        let desc = lookup_rowtype_tupdesc(info_type, -1);
+        let tuple = heap_form_tuple(desc, info_values.as_mut_ptr(), info_nulls.as_mut_ptr());
+        DecrTupleDescRefCount(desc);
+        Some(Found {
+            id: copy(column::ID, UUID_LENGTH)?,
+            user_id: copy(column::USER_ID, UUID_LENGTH)?,
+            fingerprint_hash: copy(column::FINGERPRINT_HASH, VARLENA),
             last_active_at: get(column::LAST_ACTIVE_AT).map_or(0, |d| d.value() as i64),
-            info: form_composite(info_type, SESSION_INFO.map(get)),
+            info: HeapTupleHeaderGetDatum((*tuple).t_data),
         })
     }
 }
+
+/// `typlen` of `uuid`, and of variable-length types.
+const UUID_LENGTH: i32 = 16;
+const VARLENA: i32 = -1;
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

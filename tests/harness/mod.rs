@@ -123,9 +123,15 @@ impl Cluster {
         }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sock")).expect("creating the cluster directory");
-        let status =
-            Command::new("chown").args(["-R", "postgres:postgres"]).arg(run_dir().join("it")).status();
-        assert!(status.is_ok_and(|s| s.success()), "chown of the cluster directory");
+        // Only this cluster's tree: the other tests' clusters run (and drop files) alongside.
+        for (recursive, path) in [(false, run_dir().join("it")), (true, dir.clone())] {
+            let mut chown = Command::new("chown");
+            if recursive {
+                chown.arg("-R");
+            }
+            let status = chown.arg("postgres:postgres").arg(&path).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown of {}", path.display());
+        }
         let data = dir.join("data").to_string_lossy().into_owned();
         Cluster { dir, data, port: free_port() }
     }
