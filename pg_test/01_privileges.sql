@@ -6,17 +6,17 @@ SELECT plan(31 + (SELECT count(*)::int FROM pg_catalog.pg_proc
 
 -- The catalog rules every function in the schema must follow.
 SELECT is(
-    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace
         AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)),
     NULL, 'every function pins search_path = pg_catalog, pg_temp');
 SELECT is(
-    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace
         AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')),
     NULL, 'no function is executable by PUBLIC');
 SELECT is(
-    (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_catalog.pg_proc p
+    (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace AND NOT p.prosecdef
         AND p.proname <> 'current_user_id'),
     NULL, 'every API function is SECURITY DEFINER (current_user_id runs as its caller)');

@@ -67,6 +67,32 @@ install_extension() {
     (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@")
 }
 
+# install_package: `cargo pgrx package` (a release build), and its files copied into the
+# system's PostgreSQL, the way a distribution package would install them. Prints the package's
+# directory.
+install_package() {
+    say "packaging session_ext (cargo pgrx package) and installing the package" >&2
+    (cd "$ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" >&2)
+    local package="$ROOT/target/release/session_ext-pg$PG_MAJOR"
+    as_root cp -r "$package/." /
+    echo "$package"
+}
+
+# The client libraries of examples/: psycopg in a virtualenv of the build area, pg from npm.
+ensure_example_clients() {
+    if ! command -v npm >/dev/null; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if [ ! -d "$ROOT/examples/node/node_modules/pg" ]; then
+        (cd "$ROOT/examples/node" && npm ci --no-audit --no-fund --silent)
+    fi
+    EXAMPLES_PYTHON="$RUN_DIR/venv/bin/python"
+    if ! "$EXAMPLES_PYTHON" -c 'import psycopg' 2>/dev/null; then
+        python3 -m venv "$RUN_DIR/venv"
+        "$RUN_DIR/venv/bin/pip" install -q -r "$ROOT/examples/python/requirements.txt"
+    fi
+}
+
 cluster_dir() { echo "$RUN_DIR/$1"; }
 cluster_port() { cat "$(cluster_dir "$1")/port"; }
 

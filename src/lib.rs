@@ -31,6 +31,9 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 // run after everything else.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
+// COMMENT ON every object, so that psql's \d+ and \df+ document the extension.
+extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
+
 /// Set when the library was loaded by shared_preload_libraries; forked backends inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
