@@ -1,7 +1,7 @@
 -- Roles and privileges (SPEC §2, §3): who may execute what, definer functions with a pinned
 -- search_path, and that a user cannot reach the table except through the functions.
 \ir fixtures/begin.sql
-SELECT plan(31 + (SELECT count(*)::int FROM pg_catalog.pg_proc
+SELECT plan(33 + (SELECT count(*)::int FROM pg_catalog.pg_proc
                     WHERE pronamespace = 'session_ext'::regnamespace));
 
 -- The catalog rules every function in the schema must follow.
@@ -21,6 +21,17 @@ SELECT is(
         AND p.proname <> 'current_user_id'),
     NULL, 'every API function is SECURITY DEFINER (current_user_id runs as its caller)');
 
+SELECT is(
+    (SELECT array_agg(c.oid::regclass::text ORDER BY c.relname) FROM pg_catalog.pg_class c
+      WHERE c.relnamespace = 'session_ext'::regnamespace AND c.relkind IN ('r', 'p')
+        AND NOT (c.relrowsecurity AND c.relforcerowsecurity)),
+    NULL, 'every table has row-level security enabled and forced');
+SELECT is(
+    (SELECT array_agg(p.tablename || '.' || p.policyname ORDER BY p.tablename, p.policyname) FROM pg_catalog.pg_policies p
+      WHERE p.schemaname = 'session_ext' AND p.permissive = 'PERMISSIVE'
+        AND regexp_replace(coalesce(p.qual, 'true'), '[()\s]', '', 'g') = 'true'
+        AND p.roles <> ARRAY['session_ext_admin']::name[]),
+    NULL, 'no permissive USING (true) policy applies to anyone but session_ext_admin');
 SELECT is_definer('session_ext', 'create_user_session', ARRAY['text'], 'create (token) is a definer function');
 SELECT is_definer('session_ext', 'validate_session', ARRAY['text', 'text'], 'validate_session is a definer function');
 SELECT is_definer('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'cleanup is a definer function');

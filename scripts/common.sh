@@ -72,8 +72,9 @@ install_extension() {
 # directory.
 install_package() {
     say "packaging session_ext (cargo pgrx package) and installing the package" >&2
-    (cd "$ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" >&2)
     local package="$ROOT/target/release/session_ext-pg$PG_MAJOR"
+    rm -rf "$package"
+    (cd "$ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" >&2)
     as_root cp -r "$package/." /
     echo "$package"
 }

@@ -4,8 +4,17 @@
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::error::Category;
+use serde_json::Value;
 use std::ffi::CStr;
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<Value>,
+}
 
 const CLAIMS: &CStr = c"request.jwt.claims";
 const LEGACY_SUB: &CStr = c"request.jwt.claim.sub";
@@ -37,33 +46,40 @@ fn read_setting(name: &CStr) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.into_owned())
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    #[serde(default)]
-    sub: Option<serde_json::Value>,
-}
-
 /// The pure rule of §3: a `sub` in the claims wins; without one the legacy setting is used;
 /// a `sub` that is present but not a UUID is an error, never "no user".
 pub fn sub_from_settings(claims: Option<&str>, legacy_sub: Option<&str>) -> ApiResult<Option<uuid::Uuid>> {
     let from_claims = match claims {
         None => None,
         Some(text) => {
-            let parsed: Claims = serde_json::from_str(text).map_err(|e| {
-                ApiError::new(
-                    PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-                    "request.jwt.claims is not a JSON object",
-                )
-                .detail(format!("Parsing it failed: {e}."))
-            })?;
-            parsed.sub
+            // serde reads a struct from an array too (`["<uuid>"]` as {"sub": ...}): only an
+            // object is claims. The struct keeps serde's refusal of a duplicate "sub".
+            let parsed = match text.trim_start().starts_with('{') {
+                true => serde_json::from_str::<Claims>(text),
+                false => serde_json::from_str::<IgnoredAny>(text)
+                    .and_then(|_| Err(serde::de::Error::custom("not an object"))),
+            };
+            parsed
+                .map_err(|e| {
+                    // Not serde's message: it may quote the offending text, which may be huge.
+                    let detail = match e.classify() {
+                        Category::Data => {
+                            "It is JSON, but not an object with at most one \"sub\".".to_string()
+                        }
+                        _ => format!("It is not valid JSON (line {}, column {}).", e.line(), e.column()),
+                    };
+                    ApiError::new(
+                        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                        "request.jwt.claims is not a JSON object",
+                    )
+                    .detail(detail)
+                })?
+                .sub
         }
     };
     match from_claims {
-        None | Some(serde_json::Value::Null) => {
-            legacy_sub.map(|s| parse_uuid(s, "request.jwt.claim.sub")).transpose()
-        }
-        Some(serde_json::Value::String(s)) => parse_uuid(&s, "the \"sub\" claim").map(Some),
+        None | Some(Value::Null) => legacy_sub.map(|s| parse_uuid(s, "request.jwt.claim.sub")).transpose(),
+        Some(Value::String(s)) => parse_uuid(&s, "the \"sub\" claim").map(Some),
         Some(other) => Err(not_a_uuid("the \"sub\" claim", &other.to_string())),
     }
 }
@@ -246,6 +262,7 @@ mod tests {
 mod unit_tests {
     use super::sub_from_settings;
     use pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION as BAD_TEXT;
+    use proptest::strategy::Strategy;
 
     const ID: &str = "7f0c8a8e-3b7e-4c55-9d1a-2f6d4f1e9b10";
 
@@ -285,9 +302,70 @@ mod unit_tests {
         assert_eq!(sub_from_settings(None, Some("alice")).unwrap_err().code, BAD_TEXT);
     }
 
+    /// What an error may carry at most: a hostile claim is never echoed in full.
+    const MAX_ERROR_TEXT: usize = 256;
+
+    fn bounded(err: &crate::errors::ApiError) -> bool {
+        [Some(&err.message), err.detail.as_ref(), err.hint.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|text| text.chars().count() <= MAX_ERROR_TEXT)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_claims_text_is_a_user_no_user_or_a_22p02_of_bounded_size(claims in ".{0,2000}") {
+            match sub_from_settings(Some(&claims), None) {
+                Ok(_) => {}
+                Err(err) => {
+                    proptest::prop_assert_eq!(err.code, BAD_TEXT);
+                    proptest::prop_assert!(bounded(&err), "{:?}", err);
+                }
+            }
+        }
+
+        #[test]
+        fn a_uuid_sub_is_the_user_whatever_else_the_claims_hold(
+            bytes in proptest::array::uniform16(proptest::num::u8::ANY),
+            extra in proptest::collection::hash_map("[a-z_]{1,12}", ".{0,40}", 0..6),
+        ) {
+            let id = uuid::Uuid::from_bytes(bytes);
+            let mut claims: serde_json::Map<String, serde_json::Value> =
+                extra.into_iter().map(|(k, v)| (k, v.into())).collect();
+            claims.insert("sub".into(), id.to_string().into());
+            let text = serde_json::Value::Object(claims).to_string();
+            proptest::prop_assert_eq!(sub_from_settings(Some(&text), None).unwrap(), Some(id));
+        }
+
+        #[test]
+        fn a_sub_that_is_no_uuid_is_refused_with_an_excerpt(sub in "[^-0-9a-fA-F{}:]{1,5000}") {
+            let claims = serde_json::json!({ "sub": sub }).to_string();
+            let err = sub_from_settings(Some(&claims), None).unwrap_err();
+            proptest::prop_assert_eq!(err.code, BAD_TEXT);
+            proptest::prop_assert!(bounded(&err), "{:?}", err);
+        }
+
+        #[test]
+        fn json_that_is_not_an_object_is_refused(value in proptest::prop_oneof![
+            proptest::num::i64::ANY.prop_map(serde_json::Value::from),
+            ".{0,3000}".prop_map(serde_json::Value::from),
+            proptest::collection::vec(".{0,20}", 0..50).prop_map(serde_json::Value::from),
+        ]) {
+            let err = sub_from_settings(Some(&value.to_string()), None).unwrap_err();
+            proptest::prop_assert_eq!(
+                err.detail.as_deref(),
+                Some("It is JSON, but not an object with at most one \"sub\".")
+            );
+            proptest::prop_assert!(bounded(&err), "{:?}", err);
+        }
+    }
+
     #[test]
     fn malformed_claims_are_an_error() {
-        for claims in ["{", "[1,2]", "\"sub\"", "null"] {
+        // An array is not claims, even one a lenient decoder would read as {"sub": ...}.
+        let array = format!(r#"["{ID}"]"#);
+        let two_subs = format!(r#"{{"sub":"{ID}","sub":"00000000-0000-0000-0000-000000000001"}}"#);
+        for claims in ["{", "[1,2]", "[]", &array, &two_subs, "\"sub\"", "null"] {
             let err = sub_from_settings(Some(claims), None).unwrap_err();
             assert_eq!(err.code, BAD_TEXT, "{claims}");
             assert_eq!(err.message, "request.jwt.claims is not a JSON object");

@@ -31,8 +31,9 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 // run after everything else.
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
-// COMMENT ON every object, so that psql's \d+ and \df+ document the extension.
-extension_sql_file!("../sql/comments.sql", name = "comments", requires = ["finalize"]);
+// COMMENT ON every object, so that psql's \d+ and \df+ document the extension. 0.2.0 added
+// nothing but these, so its upgrade script is also what a fresh install runs for them.
+extension_sql_file!("../sql/session_ext--0.1.0--0.2.0.sql", name = "comments", requires = ["finalize"]);
 
 /// Set when the library was loaded by shared_preload_libraries; forked backends inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);

@@ -90,6 +90,44 @@ mod tests {
         assert_eq!(check(&"a".repeat(1025)), Err(TokenProblem::TooLong(1025)));
     }
 
+    proptest::proptest! {
+        /// `check` is exactly its documented rule, for any text at all.
+        #[test]
+        fn check_accepts_exactly_32_to_1024_visible_ascii_characters(token in "(?s).{0,1100}") {
+            let chars = token.chars().count();
+            let visible = token.bytes().all(|b| b.is_ascii_graphic());
+            let accepted = check(&token).is_ok();
+            proptest::prop_assert_eq!(accepted, (MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&chars) && visible);
+        }
+
+        /// A refusal never carries the token: its message is the same for every token of a length.
+        #[test]
+        fn a_refusal_says_nothing_of_the_token(token in "(?s).{0,1100}") {
+            if let Err(problem) = check(&token) {
+                let message = problem.to_string();
+                proptest::prop_assert!(message.len() < 80);
+                let start: String = token.chars().take(8).collect();
+                proptest::prop_assert!(start.chars().count() < 8 || !message.contains(&start));
+            }
+        }
+
+        /// Distinct tokens have distinct hashes, and a hash is a pure function of its token.
+        #[test]
+        fn hashing_is_deterministic_and_separates_tokens(a in "[ -~]{32,64}", b in "[ -~]{32,64}") {
+            proptest::prop_assert_eq!(hash(&a), hash(&a));
+            proptest::prop_assert_eq!(hash(&a) == hash(&b), a == b);
+        }
+    }
+
+    #[test]
+    fn generated_tokens_always_pass_the_client_token_rules() {
+        for _ in 0..1000 {
+            let token = generate().unwrap();
+            assert_eq!(check(&token), Ok(()));
+            assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), TOKEN_BYTES);
+        }
+    }
+
     #[test]
     fn whitespace_and_non_ascii_are_refused() {
         assert_eq!(check(&format!("Bearer {}", "a".repeat(40))), Err(TokenProblem::BadCharacter));

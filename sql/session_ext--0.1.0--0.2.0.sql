@@ -1,5 +1,7 @@
--- session_ext: the catalog documents itself, so that \df+ session_ext.*, \d+ session_ext.*
--- and \dT+ session_ext.* are a usable reference without the README.
+-- session_ext 0.1.0 -> 0.2.0: the catalog documents itself, so that \df+ session_ext.*,
+-- \d+ session_ext.* and \dT+ session_ext.* are a usable reference without the README.
+-- A fresh 0.2.0 install runs this file too (src/lib.rs), so both paths get the same comments.
+-- Released: never edit; later changes go into the next upgrade script.
 
 COMMENT ON SCHEMA session_ext IS
     'session_ext: user sessions kept inside PostgreSQL. Call the functions; read the tables through RLS.';
