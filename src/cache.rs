@@ -2,6 +2,7 @@
 //! PostgreSQL reports a change to the catalogs they come from (the same invalidation callbacks
 //! PostgreSQL's own caches use), so they are never stale.
 
+use crate::api::SESSION_INFO;
 use pgrx::{pg_guard, pg_sys};
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -13,8 +14,6 @@ pub struct Relations {
     pub audit_table: pg_sys::Oid,
     pub token_index: pg_sys::Oid,
     pub info_type: pg_sys::Oid,
-    /// How many fields `session_info` has (dropped ones included), as `heap_form_tuple` needs.
-    pub info_fields: usize,
     pub new_session_type: pg_sys::Oid,
     info_relation: pg_sys::Oid,
     new_session_relation: pg_sys::Oid,
@@ -40,15 +39,21 @@ pub fn relations() -> Relations {
         let info_relation = relid(c"session_info");
         let new_session_relation = relid(c"new_session");
         let info_type = pg_sys::get_rel_type_id(info_relation);
+        // heap_form_tuple takes one value per field (dropped ones included): the lookup fills
+        // exactly the fields it knows.
         let info_desc = pg_sys::lookup_rowtype_tupdesc(info_type, -1);
         let info_fields = (*info_desc).natts as usize;
         pg_sys::DecrTupleDescRefCount(info_desc);
+        assert_eq!(
+            info_fields,
+            SESSION_INFO.len(),
+            "session_ext.session_info has the fields of SESSION_INFO"
+        );
         Relations {
             table: relid(c"user_sessions"),
             audit_table: relid(c"session_audit_log"),
             token_index: relid(c"user_sessions_token_hash_key"),
             info_type,
-            info_fields,
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
             info_relation,
             new_session_relation,

@@ -4,11 +4,13 @@
 
 mod harness;
 
-use harness::{as_postgres, begin_request, claims, eventually, fresh, request, shared_cluster, Cluster};
+use harness::{
+    as_postgres, begin_request, claims, eventually, free_port, fresh, request, shared_cluster, Cluster,
+    GRANT_API_ROLES, PG_BIN, SUPABASE_ROLES,
+};
 use postgres::types::Type;
 use postgres::{Client, NoTls, Transaction};
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Barrier, Mutex};
@@ -17,9 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 const CLUSTER: &str = "resilience";
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const SUPABASE_ROLES: &str = include_str!("../pg_test/fixtures/supabase_roles.sql");
-const GRANT_API_ROLES: &str = include_str!("../pg_test/fixtures/grant_api_roles.sql");
 const ADMIN_CLAIMS: &str = r#"{"role":"service_role"}"#;
 
 /// The n-th user of a test, as a JWT `sub`.
@@ -412,20 +411,20 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     let dump = target.dir.join("sessions.dump");
     let dump = dump.to_str().unwrap();
     let source = shared_cluster(CLUSTER);
-    let (source_sock, source_port) = (source.dir.join("sock"), source.port.to_string());
+    let (source_sock, source_port) = (source.socket_dir(), source.port.to_string());
     as_postgres(
         &format!("{PG_BIN}/pg_dump"),
-        &["-h", source_sock.to_str().unwrap(), "-p", &source_port, "-U", "postgres", "-Fc", "-f", dump, &db],
+        &["-h", &source_sock, "-p", &source_port, "-U", "postgres", "-Fc", "-f", dump, &db],
     );
     let mut target_admin = target.connect("postgres", "postgres");
     target_admin.batch_execute(SUPABASE_ROLES).unwrap();
     target_admin.batch_execute("CREATE DATABASE restored").unwrap();
-    let (target_sock, target_port) = (target.dir.join("sock"), target.port.to_string());
+    let (target_sock, target_port) = (target.socket_dir(), target.port.to_string());
     as_postgres(
         &format!("{PG_BIN}/pg_restore"),
         &[
             "-h",
-            target_sock.to_str().unwrap(),
+            &target_sock,
             "-p",
             &target_port,
             "-U",
@@ -491,14 +490,14 @@ impl Pgbouncer {
         stop_pgbouncer(&pidfile); // left by an interrupted run
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+        let port = free_port();
         let config = format!(
             "[databases]\n* = host={sock} port={server_port}\n\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = trust\nauth_file = {dir}/userlist.txt\n\
              pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n\
              logfile = {dir}/pgbouncer.log\npidfile = {pidfile}\n",
-            sock = cluster.dir.join("sock").display(),
+            sock = cluster.socket_dir(),
             server_port = cluster.port,
             dir = dir.display(),
             pidfile = pidfile.display(),

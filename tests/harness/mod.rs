@@ -14,10 +14,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const TEMPLATE: &str = "session_ext_template";
-const SUPABASE_ROLES: &str = include_str!("../../pg_test/fixtures/supabase_roles.sql");
-const GRANT_API_ROLES: &str = include_str!("../../pg_test/fixtures/grant_api_roles.sql");
+pub const SUPABASE_ROLES: &str = include_str!("../../pg_test/fixtures/supabase_roles.sql");
+pub const GRANT_API_ROLES: &str = include_str!("../../pg_test/fixtures/grant_api_roles.sql");
 
 pub const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
 pub const BOB: &str = "b0b00000-0000-4000-8000-000000000002";
@@ -51,7 +51,7 @@ fn running_as(user: &str) -> bool {
     std::env::var("USER").is_ok_and(|u| u == user)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local port").port()
 }
 
@@ -152,7 +152,7 @@ impl Cluster {
         std::fs::write(&conf_file, text).expect("writing postgresql.conf");
     }
 
-    fn socket_dir(&self) -> String {
+    pub fn socket_dir(&self) -> String {
         self.dir.join("sock").to_string_lossy().into_owned()
     }
 
