@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The benchmark of SPEC §9, in one go: builds session_ext in release mode, starts a throwaway
-# cluster with fixed settings, loads sessions, measures session_ext against its peers (raw SQL,
-# PL/pgSQL, plain INSERT and DELETE) in the same run, and prints and writes a table of ratios.
-# Every figure is the median of several rounds; peers alternate within each round.
+# cluster with fixed settings, loads sessions (each scale in a database of its own), measures
+# session_ext against its peers (raw SQL, PL/pgSQL, plain INSERT and DELETE) in the same run,
+# and prints and writes a table of ratios. Every figure is the median of several rounds; peers
+# alternate within each round, and every round starts right after a checkpoint.
 #
 #   BENCH_SECONDS  seconds per pgbench round       (default 10)
-#   BENCH_ROUNDS   rounds per comparison           (default 3)
+#   BENCH_ROUNDS   rounds per comparison           (default 5)
 #   BENCH_CLIENTS  pgbench clients                 (default 2, one per core here)
 #   BENCH_MEDIUM   sessions of the main comparisons (default 1000000)
 #   BENCH_LARGE    sessions of the largest scale   (default 10000000)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 SECONDS_PER_ROUND="${BENCH_SECONDS:-10}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 CLIENTS="${BENCH_CLIENTS:-2}"
 LARGE="${BENCH_LARGE:-10000000}"
 SMALL=10000
@@ -35,28 +36,38 @@ cluster_create bench "$PORT" \
 cluster_start bench
 WORK="$(cluster_dir bench)/work"
 mkdir -p "$WORK"
-sql() { cluster_psql bench -At "$@"; }
-sql -c "CREATE EXTENSION session_ext" -c "CREATE EXTENSION pg_prewarm" -f "$BENCH/peers.sql" >/dev/null
+# Each scale in a database of its own, so that the scales can be measured in the same rounds.
+declare -A SIZE=([small]=$SMALL [medium]=$MEDIUM [large]=$LARGE)
+sql() { cluster_psql bench -At -d "bench_$1" "${@:2}"; }
+for scale in small medium large; do
+    cluster_psql bench -c "CREATE DATABASE bench_$scale" >/dev/null
+    sql "$scale" -c "CREATE EXTENSION session_ext" -c "CREATE EXTENSION pg_prewarm" -f "$BENCH/peers.sql" >/dev/null
+done
 # A second superuser whose sessions write no audit rows: session_ext doing exactly what a plain
 # INSERT of a session does.
-sql -c "CREATE ROLE bench_unaudited LOGIN SUPERUSER" -c "ALTER ROLE bench_unaudited SET session_ext.audit = off" >/dev/null
+sql medium -c "CREATE ROLE bench_unaudited LOGIN SUPERUSER" -c "ALTER ROLE bench_unaudited SET session_ext.audit = off" >/dev/null
 
-# load FIRST LAST [expired]: sessions FIRST..LAST, then VACUUM ANALYZE, and the table and its
-# token index read into the cache, so that every scale is measured warm.
+# load SCALE FIRST LAST [expired]: sessions FIRST..LAST, then VACUUM ANALYZE, the table and its
+# token index read into the cache, and a checkpoint, so that every scale is measured warm and
+# no measurement shares the machine with the checkpoint of a load.
 load() {
     local started=$SECONDS
-    sql -c "CALL bench.load($1, $2, ${3:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" \
-        -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key')" >/dev/null
-    echo "  loaded sessions $1..$2 in $((SECONDS - started)) s"
+    sql "$1" -c "CALL bench.load($2, $3, ${4:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" \
+        -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key')" \
+        -c "CHECKPOINT" >/dev/null
+    echo "  loaded sessions $2..$3 into bench_$1 in $((SECONDS - started)) s"
 }
 
-# tps SCRIPT[:USER] SESSIONS: transactions per second of one pgbench round (as USER, by default
-# postgres); a failed transaction fails the benchmark.
+# tps SCRIPT:USER:SCALE: transactions per second of one pgbench round of SCRIPT, as USER (by
+# default postgres), in the database of SCALE; a failed transaction fails the benchmark. Every
+# round starts right after a checkpoint, so that no peer pays for the full-page images of the
+# pages another peer's round dirtied.
 tps() {
-    local out script=${1%%:*} user=postgres
-    [[ $1 == *:* ]] && user=${1#*:}
-    out=$("$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 1 -T "$SECONDS_PER_ROUND" -D sessions="$2" \
-        -h "$(cluster_dir bench)/sock" -p "$PORT" -U "$user" -f "$BENCH/scripts/$script.sql" postgres 2>&1)
+    local out script user scale
+    IFS=: read -r script user scale <<<"$1"
+    sql "$scale" -c "CHECKPOINT" >/dev/null
+    out=$("$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 1 -T "$SECONDS_PER_ROUND" -D sessions="${SIZE[$scale]}" \
+        -h "$(cluster_dir bench)/sock" -p "$PORT" -U "${user:-postgres}" -f "$BENCH/scripts/$script.sql" "bench_$scale" 2>&1)
     if ! grep -q '^number of failed transactions: 0 ' <<<"$out"; then
         echo "pgbench $1 failed:" >&2
         echo "$out" >&2
@@ -67,30 +78,46 @@ tps() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# compare SESSIONS SCRIPT...: ROUNDS rounds of each script in turn; sets MEDIAN[script].
+# compare PEER...: ROUNDS rounds of each peer (SCRIPT:USER:SCALE, as tps takes it) in turn;
+# sets MEDIAN[peer].
 declare -A MEDIAN
 compare() {
-    local sessions=$1 round script
-    shift
+    local round peer
     declare -A runs
     for round in $(seq "$ROUNDS"); do
-        for script in "$@"; do
-            runs[$script]+="$(tps "$script" "$sessions") "
+        for peer in "$@"; do
+            runs[$peer]+="$(tps "$peer") "
         done
     done
-    for script in "$@"; do
-        MEDIAN[$script]=$(printf '%s\n' ${runs[$script]} | median | awk '{ printf "%.0f", $1 }')
-        printf '  %-30s %10s tps  (rounds: %s)\n' "$script" "${MEDIAN[$script]}" "${runs[$script]% }"
+    for peer in "$@"; do
+        MEDIAN[$peer]=$(printf '%s\n' ${runs[$peer]} | median | awk '{ printf "%.0f", $1 }')
+        printf '  %-34s %10s tps  (rounds: %s)\n' "$peer" "${MEDIAN[$peer]}" "${runs[$peer]% }"
     done
 }
 
-# latency SECONDS RATE LOG: a rate-limited validation load; prints "p50 p99" in milliseconds.
+# latency SECONDS RATE: a rate-limited validation load on the medium scale; prints "p50 p99" in
+# milliseconds.
 latency() {
     rm -f "$WORK"/pgbench_log.*
     (cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -j 1 -T "$1" -R "$2" -D sessions=$MEDIUM -l \
-        -h "$(cluster_dir bench)/sock" -p "$PORT" -U postgres -f "$BENCH/scripts/validate_ext.sql" postgres >/dev/null 2>&1)
+        -h "$(cluster_dir bench)/sock" -p "$PORT" -U postgres -f "$BENCH/scripts/validate_ext.sql" bench_medium >/dev/null 2>&1)
     cat "$WORK"/pgbench_log.* | awk '{ print $3 / 1000 }' | sort -g |
         awk '{ v[NR] = $1 } END { printf "%.3f %.3f\n", v[int(NR * 0.5)], v[int(NR * 0.99)] }'
+}
+
+# under_load SQL: runs SQL on the medium scale, 2 s into 20 s of the latency load of `latency`,
+# and prints "rows/s p50 p99", rows being the expired sessions there were when it started.
+under_load() {
+    local started seconds rows p50 p99
+    rows=$(sql medium -c "SELECT count(*) FROM session_ext.user_sessions WHERE valid_until <= now()")
+    latency 20 500 >"$WORK/busy" &
+    sleep 2
+    started=$(date +%s.%N)
+    sql medium -c "$1" >/dev/null
+    seconds=$(elapsed "$started")
+    wait
+    read -r p50 p99 <"$WORK/busy"
+    echo "$(awk -v t="$seconds" -v n="$rows" 'BEGIN { printf "%.0f", n / t }') $p50 $p99"
 }
 
 elapsed() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }'; }
@@ -102,29 +129,29 @@ row() {
     verdict=$(awk -v r="$4" -v t="$5" 'BEGIN { op = substr(t, 1, 2); v = substr(t, 3) + 0; print ((op == ">=" && r >= v) || (op == "<=" && r <= v)) ? "yes" : "NO" }')
     ROWS+=("| $1 | $2 | $3 | $4 | $5 | $verdict |")
 }
+# compared MEASURE EXT_PEER BASE_PEER TARGET: a row of two medians.
+compared() {
+    row "$1" "${MEDIAN[$2]}" "${MEDIAN[$3]}" "$(ratio "${MEDIAN[$2]}" "${MEDIAN[$3]}")" "$4"
+}
 
-say "scale $SMALL"
-load 1 $SMALL
-compare $SMALL validate_ext
-small_tps=${MEDIAN[validate_ext]}
+say "loading $SMALL, $MEDIUM and $LARGE sessions"
+load small 1 $SMALL
+load medium 1 $MEDIUM
+load large 1 "$LARGE"
 
 say "scale $MEDIUM: validation, creation and memory"
-load $((SMALL + 1)) $MEDIUM
-compare $MEDIUM validate_ext validate_raw validate_plpgsql
-row "validate_session vs raw SQL query (tps)" "${MEDIAN[validate_ext]}" "${MEDIAN[validate_raw]}" \
-    "$(ratio "${MEDIAN[validate_ext]}" "${MEDIAN[validate_raw]}")" ">=1.00"
-row "validate_session vs PL/pgSQL peer (tps)" "${MEDIAN[validate_ext]}" "${MEDIAN[validate_plpgsql]}" \
-    "$(ratio "${MEDIAN[validate_ext]}" "${MEDIAN[validate_plpgsql]}")" ">=1.30"
-medium_tps=${MEDIAN[validate_ext]}
-compare $MEDIUM create_ext:bench_unaudited create_raw create_ext create_raw_audited create_plpgsql
-row "create_user_session, audit off, vs plain INSERT of the session (tps)" "${MEDIAN[create_ext:bench_unaudited]}" \
-    "${MEDIAN[create_raw]}" "$(ratio "${MEDIAN[create_ext:bench_unaudited]}" "${MEDIAN[create_raw]}")" ">=0.95"
-row "create_user_session, audit on, vs plain INSERT of the session and its audit row (tps)" "${MEDIAN[create_ext]}" \
-    "${MEDIAN[create_raw_audited]}" "$(ratio "${MEDIAN[create_ext]}" "${MEDIAN[create_raw_audited]}")" ">=0.95"
-row "create_user_session, audit on, vs PL/pgSQL peer (tps)" "${MEDIAN[create_ext]}" "${MEDIAN[create_plpgsql]}" \
-    "$(ratio "${MEDIAN[create_ext]}" "${MEDIAN[create_plpgsql]}")" ">=1.00"
+compare validate_ext::medium validate_raw::medium validate_plpgsql::medium
+compared "validate_session vs raw SQL query (tps)" validate_ext::medium validate_raw::medium ">=1.00"
+compared "validate_session vs PL/pgSQL peer (tps)" validate_ext::medium validate_plpgsql::medium ">=1.30"
+compare create_ext:bench_unaudited:medium create_raw::medium create_ext::medium create_raw_audited::medium \
+    create_plpgsql::medium
+compared "create_user_session, audit off, vs plain INSERT of the session (tps)" \
+    create_ext:bench_unaudited:medium create_raw::medium ">=0.95"
+compared "create_user_session, audit on, vs plain INSERT of the session and its audit row (tps)" \
+    create_ext::medium create_raw_audited::medium ">=0.95"
+compared "create_user_session, audit on, vs PL/pgSQL peer (tps)" create_ext::medium create_plpgsql::medium ">=1.00"
 # Memory of one backend before and after 100,000 validations (after a warm-up).
-memory=$(sql <<'SQL'
+memory=$(sql medium <<'SQL'
 SELECT count(*) FROM generate_series(1, 1000) g, LATERAL session_ext.validate_session(bench.token(g)) v;
 SELECT sum(total_bytes) FROM pg_backend_memory_contexts \gset before_
 SELECT count(*) FROM generate_series(1, 100000) g, LATERAL session_ext.validate_session(bench.token(g)) v;
@@ -135,38 +162,25 @@ growth=$(echo "$memory" | tail -1)
 echo "  backend memory growth over 100,000 validations: $growth bytes"
 ROWS+=("| backend memory growth over 100,000 validations (bytes) | $growth | - | - | <= 65536 | $([ "$growth" -le 65536 ] && echo yes || echo NO) |")
 
-say "cleanup of $MEDIUM expired sessions"
-load 20000001 $((20000000 + MEDIUM)) true
-started=$(date +%s.%N)
-sql -c "DELETE FROM session_ext.user_sessions WHERE valid_until <= now()" >/dev/null
-delete_rate=$(awk -v t="$(elapsed "$started")" -v n="$MEDIUM" 'BEGIN { printf "%.0f", n / t }')
-echo "  plain DELETE: $delete_rate rows/s"
-sql -c "VACUUM session_ext.user_sessions" >/dev/null
-load 30000001 $((30000000 + MEDIUM)) true
+say "cleanup of $MEDIUM expired sessions, each way under the same validation load"
+load medium 20000001 $((20000000 + MEDIUM)) true
 read -r idle_p50 idle_p99 < <(latency 10 500)
 echo "  validation latency, idle: p50 $idle_p50 ms, p99 $idle_p99 ms"
-latency 20 500 > "$WORK/busy" &
-sleep 2
-started=$(date +%s.%N)
-deleted=$(sql -c "SELECT session_ext.cleanup_expired_sessions()")
-cleanup_seconds=$(elapsed "$started")
-wait
-read -r busy_p50 busy_p99 < "$WORK/busy"
-cleanup_rate=$(awk -v t="$cleanup_seconds" -v n="$deleted" 'BEGIN { printf "%.0f", n / t }')
-echo "  cleanup_expired_sessions: $deleted rows in $cleanup_seconds s, $cleanup_rate rows/s"
-echo "  validation latency during cleanup: p50 $busy_p50 ms, p99 $busy_p99 ms"
+read -r delete_rate delete_p50 delete_p99 < <(under_load "DELETE FROM session_ext.user_sessions WHERE valid_until <= now()")
+echo "  plain DELETE: $delete_rate rows/s; validation latency meanwhile: p50 $delete_p50 ms, p99 $delete_p99 ms"
+sql medium -c "VACUUM session_ext.user_sessions" >/dev/null
+load medium 30000001 $((30000000 + MEDIUM)) true
+read -r cleanup_rate busy_p50 busy_p99 < <(under_load "SELECT session_ext.cleanup_expired_sessions()")
+echo "  cleanup_expired_sessions: $cleanup_rate rows/s; validation latency meanwhile: p50 $busy_p50 ms, p99 $busy_p99 ms"
 row "cleanup_expired_sessions vs one plain DELETE (rows/s)" "$cleanup_rate" "$delete_rate" \
     "$(ratio "$cleanup_rate" "$delete_rate")" ">=0.80"
 row "validation p99 during cleanup vs idle (ms)" "$busy_p99" "$idle_p99" "$(ratio "$busy_p99" "$idle_p99")" "<=2.00"
-sql -c "VACUUM ANALYZE session_ext.user_sessions" >/dev/null
+sql medium -c "VACUUM ANALYZE session_ext.user_sessions" >/dev/null
 
-say "scale $LARGE"
-load $((MEDIUM + 1)) "$LARGE"
-compare "$LARGE" validate_ext
-row "validate_session at $LARGE vs $SMALL sessions (tps)" "${MEDIAN[validate_ext]}" "$small_tps" \
-    "$(ratio "${MEDIAN[validate_ext]}" "$small_tps")" ">=0.80"
-row "validate_session at $MEDIUM vs $SMALL sessions (tps)" "$medium_tps" "$small_tps" \
-    "$(ratio "$medium_tps" "$small_tps")" ">=0.80"
+say "validation at $SMALL, $MEDIUM and $LARGE sessions"
+compare validate_ext::small validate_ext::medium validate_ext::large
+compared "validate_session at $LARGE vs $SMALL sessions (tps)" validate_ext::large validate_ext::small ">=0.80"
+compared "validate_session at $MEDIUM vs $SMALL sessions (tps)" validate_ext::medium validate_ext::small ">=0.80"
 cluster_stop bench
 
 cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)

@@ -7,12 +7,17 @@ use pgrx::{pg_guard, pg_sys};
 use std::cell::Cell;
 use std::ffi::CStr;
 
-/// The relations `validate_session` reads directly.
+/// The relations `validate_session` and cleanup read directly.
 #[derive(Debug, Clone, Copy)]
 pub struct Relations {
     pub table: pg_sys::Oid,
     pub audit_table: pg_sys::Oid,
     pub token_index: pg_sys::Oid,
+    /// The (moment, id) indexes cleanup walks: sessions by valid_until and by revoked_at,
+    /// audit rows by occurred_at.
+    pub valid_until_index: pg_sys::Oid,
+    pub revoked_index: pg_sys::Oid,
+    pub audit_occurred_index: pg_sys::Oid,
     pub info_type: pg_sys::Oid,
     pub new_session_type: pg_sys::Oid,
     info_relation: pg_sys::Oid,
@@ -25,7 +30,7 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// session_ext's tables, token index and result types, looked up once per backend.
+/// session_ext's tables, indexes and result types, looked up once per backend.
 pub fn relations() -> Relations {
     watch();
     if let Some(relations) = RELATIONS.get() {
@@ -53,6 +58,9 @@ pub fn relations() -> Relations {
             table: relid(c"user_sessions"),
             audit_table: relid(c"session_audit_log"),
             token_index: relid(c"user_sessions_token_hash_key"),
+            valid_until_index: relid(c"user_sessions_valid_until_idx"),
+            revoked_index: relid(c"user_sessions_revoked_idx"),
+            audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
             info_type,
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
             info_relation,
@@ -93,8 +101,17 @@ fn watch() {
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = RELATIONS.get().is_some_and(|r| {
         relid == pg_sys::InvalidOid
-            || [r.table, r.audit_table, r.token_index, r.info_relation, r.new_session_relation]
-                .contains(&relid)
+            || [
+                r.table,
+                r.audit_table,
+                r.token_index,
+                r.valid_until_index,
+                r.revoked_index,
+                r.audit_occurred_index,
+                r.info_relation,
+                r.new_session_relation,
+            ]
+            .contains(&relid)
     });
     if ours {
         RELATIONS.set(None);

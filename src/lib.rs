@@ -16,6 +16,7 @@ mod settings;
 mod shmem;
 mod token;
 mod types;
+mod untrapped;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,40 +1,17 @@
 //! `cleanup_expired_sessions` (SPEC §4 "Maintenance"): deletes what can no longer validate, and
 //! audit rows past their retention, in short batches that skip rows other transactions hold.
 
-use crate::db::{Columns, Statement, INT4, INTERVAL, TEXT, TID_ARRAY, TIMESTAMPTZ};
+use crate::db::{Statement, TID_ARRAY};
 use crate::errors::{boundary, ApiError};
 use crate::events::{self, Event};
 use crate::identity;
 use crate::settings::{self, MAX_BATCH_SIZE};
-use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::IntoDatum;
 use serde_json::json;
-
-/// Up to $1 rows of `table` whose `column` is at least $2 in the past, in the order of its
-/// (`column`, id) index from just after ($3, $4): their ctids, and the (`column`, id) of the last,
-/// where the next batch starts, so that no batch walks again over the index entries of rows
-/// already deleted. One row comes back, whatever the batch size.
-macro_rules! candidates {
-    ($table:literal, $column:literal, $id_type:literal) => {
-        Statement::new(
-            concat!(
-                "WITH picked AS (SELECT t.ctid, t.", $column, " AS reached, t.id FROM ", $table, " t",
-                "                 WHERE t.", $column, " <= pg_catalog.now() - $2",
-                "                   AND (t.", $column, ", t.id) > ($3, $4::", $id_type, ")",
-                "                 ORDER BY t.", $column, ", t.id LIMIT $1)",
-                " SELECT (SELECT pg_catalog.array_agg(p.ctid) FROM picked p), last.reached, last.id::text",
-                "   FROM (SELECT) one LEFT JOIN",
-                "        (SELECT p.reached, p.id FROM picked p ORDER BY p.reached DESC, p.id DESC LIMIT 1) last ON true"
-            ),
-            &[INT4, INTERVAL, TIMESTAMPTZ, TEXT],
-        )
-    };
-}
-
-static EXPIRED: Statement = candidates!("session_ext.user_sessions", "valid_until", "uuid");
-static REVOKED: Statement = candidates!("session_ext.user_sessions", "revoked_at", "uuid");
-static AUDIT_ROWS: Statement = candidates!("session_ext.session_audit_log", "occurred_at", "bigint");
+use std::mem::MaybeUninit;
 
 /// The executor's way, for a table someone gave triggers (a foreign key that cascades, say):
 /// the rows of $1 that no other transaction holds.
@@ -68,18 +45,22 @@ fn delete_unheld(
     by_executor: &'static Statement,
 ) -> usize {
     // SAFETY: the table is opened with the lock DELETE takes and closed before returning; each
-    // tid comes from this transaction's snapshot of the same table.
+    // tid comes from this transaction's snapshot of the same table. The deletions run inside
+    // one error trap and call PostgreSQL only through `untrapped`.
     unsafe {
         let relation = pg_sys::table_open(table, pg_sys::RowExclusiveLock as _);
-        let deleted = if (*(*relation).rd_rel).relhastriggers {
+        let triggers = (*(*relation).rd_rel).relhastriggers;
+        let deleted = if triggers {
             by_executor.count(client, &[tids.to_vec().into()])
         } else {
-            let command = pg_sys::GetCurrentCommandId(true);
-            let mut failure = std::mem::MaybeUninit::<pg_sys::TM_FailureData>::uninit();
-            tids.iter()
-                .filter(|tid| {
-                    let mut tid = **tid;
-                    let result = pg_sys::heap_delete(
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                use crate::untrapped::*;
+                let command = GetCurrentCommandId(true);
+                let mut failure = MaybeUninit::<pg_sys::TM_FailureData>::uninit();
+                let mut deleted = 0;
+                for tid in tids {
+                    let mut tid = *tid;
+                    let result = heap_delete(
                         relation,
                         &mut tid,
                         command,
@@ -88,24 +69,36 @@ fn delete_unheld(
                         failure.as_mut_ptr(),
                         false,
                     );
-                    result == pg_sys::TM_Result::TM_Ok
-                })
-                .count()
+                    deleted += usize::from(result == pg_sys::TM_Result::TM_Ok);
+                }
+                deleted
+            })
         };
         pg_sys::table_close(relation, pg_sys::NoLock as _);
         deleted
     }
 }
 
-/// Where a pass has got to, as (timestamp, id as text): batches go forward through the index,
-/// never back. It starts before every row: no row's timestamp is -infinity.
-#[derive(Debug, Clone)]
-pub struct Cursor(TimestampWithTimeZone, Option<String>);
+/// A row's id: sessions have uuids, audit rows bigints.
+#[derive(Debug, Clone, Copy)]
+enum Id {
+    Uuid([u8; 16]),
+    Int(i64),
+}
 
-impl Default for Cursor {
-    fn default() -> Self {
-        Cursor(TimestampWithTimeZone::negative_infinity(), None)
-    }
+/// Where a pass has got to: the (moment, id) of the last row it picked, in the order of the
+/// pass's index. Batches go forward through the index, never back, so that no batch walks again
+/// over the entries of rows already deleted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cursor(Option<(pg_sys::TimestampTz, Id)>);
+
+/// What a pass walks: the table, its index on (moment, id), and the table's column of the
+/// moment. Both tables have their id in column 1.
+struct Walk {
+    table: pg_sys::Oid,
+    index: pg_sys::Oid,
+    moment_column: usize,
+    uuid_ids: bool,
 }
 
 /// One kind of row cleanup deletes.
@@ -119,14 +112,34 @@ pub enum Pass {
     Audit,
 }
 
+/// `occurred_at` of `session_ext.session_audit_log`.
+const AUDIT_OCCURRED_AT: usize = 2;
+
 impl Pass {
     pub const ALL: [Pass; 3] = [Pass::Expired, Pass::Revoked, Pass::Audit];
 
-    fn candidates(self) -> &'static Statement {
+    fn walk(self) -> Walk {
+        use super::lookup::column;
+        let r = crate::cache::relations();
         match self {
-            Pass::Expired => &EXPIRED,
-            Pass::Revoked => &REVOKED,
-            Pass::Audit => &AUDIT_ROWS,
+            Pass::Expired => Walk {
+                table: r.table,
+                index: r.valid_until_index,
+                moment_column: column::VALID_UNTIL,
+                uuid_ids: true,
+            },
+            Pass::Revoked => Walk {
+                table: r.table,
+                index: r.revoked_index,
+                moment_column: column::REVOKED_AT,
+                uuid_ids: true,
+            },
+            Pass::Audit => Walk {
+                table: r.audit_table,
+                index: r.audit_occurred_index,
+                moment_column: AUDIT_OCCURRED_AT,
+                uuid_ids: false,
+            },
         }
     }
 
@@ -139,14 +152,6 @@ impl Pass {
         }
     }
 
-    /// An id below every id of the pass's table, to start from.
-    fn smallest_id(self) -> &'static str {
-        match self {
-            Pass::Expired | Pass::Revoked => "00000000-0000-0000-0000-000000000000",
-            Pass::Audit => "-9223372036854775808",
-        }
-    }
-
     /// Whether the rows are sessions (counted, and audited per batch).
     fn deletes_sessions(self) -> bool {
         self != Pass::Audit
@@ -155,24 +160,127 @@ impl Pass {
     /// Deletes one batch of at most `batch` rows from `cursor` on, and moves `cursor` past the
     /// rows it picked (deleted, or held by another transaction and left for a later run).
     pub fn run_batch(self, client: &SpiClient<'_>, batch: i32, cursor: &mut Cursor) -> Batch {
-        let first_id = cursor.1.clone().unwrap_or_else(|| self.smallest_id().to_string());
-        let arguments = [batch.into(), self.retention().into(), cursor.0.into(), first_id.into()];
-        let picked = self.candidates().one(client, &arguments).expect("one row comes back");
-        let tids: Vec<pg_sys::ItemPointerData> = picked.col(1).unwrap_or_default();
-        if let (Some(reached), Some(id)) = (picked.col::<TimestampWithTimeZone>(2), picked.col::<String>(3)) {
-            *cursor = Cursor(reached, Some(id));
+        let walk = self.walk();
+        // now() - retention, with PostgreSQL's calendar arithmetic (a day is not always 24 hours).
+        // SAFETY: a strict function of two non-null datums of its argument types.
+        let cutoff = unsafe {
+            pgrx::direct_function_call::<i64>(
+                pg_sys::timestamptz_mi_interval,
+                &[
+                    Some(pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp())),
+                    self.retention().into_datum(),
+                ],
+            )
         }
-        let relations = crate::cache::relations();
-        let deleted = if self.deletes_sessions() {
-            delete_unheld(client, relations.table, &tids, &DELETE_SESSIONS)
-        } else {
-            delete_unheld(client, relations.audit_table, &tids, &DELETE_AUDIT_ROWS)
-        };
+        .expect("a timestamp");
+        let batch = batch as usize;
+        let mut tids = Vec::with_capacity(batch);
+        // SAFETY: inside a transaction; `pick` calls PostgreSQL only through `untrapped` and
+        // cannot panic (the vector has room for the whole batch).
+        let last =
+            unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| pick(&walk, cutoff, *cursor, batch, &mut tids)) };
+        if last.is_some() {
+            *cursor = Cursor(last);
+        }
+        let by_executor = if self.deletes_sessions() { &DELETE_SESSIONS } else { &DELETE_AUDIT_ROWS };
+        let deleted = delete_unheld(client, walk.table, &tids, by_executor);
         if deleted > 0 && self.deletes_sessions() {
             let kind = if self == Pass::Expired { "expired" } else { "revoked" };
             events::record(client, Event::Cleanup, None, json!({ "deleted": deleted, "kind": kind }));
         }
         Batch { picked: tids.len(), sessions: if self.deletes_sessions() { deleted as i64 } else { 0 } }
+    }
+}
+
+/// Fills `tids` with up to `batch` rows of the walk's index whose moment is at most
+/// `cutoff`, in index order from just after `from`, as a fresh snapshot of the transaction sees
+/// them: one index scan, with no plan and no executor. Returns the (moment, id) of the last row
+/// when the batch is full, where the next batch starts.
+///
+/// # Safety
+/// Inside a transaction and an error trap; `walk` names session_ext's relations.
+unsafe fn pick(
+    walk: &Walk,
+    cutoff: pg_sys::TimestampTz,
+    from: Cursor,
+    batch: usize,
+    tids: &mut Vec<pg_sys::ItemPointerData>,
+) -> Option<(pg_sys::TimestampTz, Id)> {
+    use crate::untrapped::*;
+    use pg_sys::{BTGreaterStrategyNumber as GREATER, BTLessEqualStrategyNumber as AT_MOST};
+    // SAFETY: the caller's contract. The scan keys, and the id they point to, outlive the scan.
+    unsafe {
+        let table = table_open(walk.table, pg_sys::AccessShareLock as _);
+        let index = index_open(walk.index, pg_sys::AccessShareLock as _);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let mut row: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        ScanKeyInit(&mut keys[0], 1, AT_MOST as _, pg_sys::F_TIMESTAMPTZ_LE.into(), cutoff.into());
+        let mut nkeys = 1;
+        // (moment, id) > from, as the row comparison the executor would build for that clause.
+        let mut from_id = from.0.map(|(_, id)| id);
+        if let (Some((moment, _)), Some(id)) = (from.0, from_id.as_mut()) {
+            let (procedure, argument) = match id {
+                Id::Uuid(bytes) => (pg_sys::F_UUID_GT, pg_sys::Datum::from(bytes.as_mut_ptr())),
+                Id::Int(n) => (pg_sys::F_INT8GT, pg_sys::Datum::from(*n)),
+            };
+            let none = pg_sys::InvalidOid;
+            let member = pg_sys::SK_ROW_MEMBER as i32;
+            ScanKeyEntryInitialize(
+                &mut row[0],
+                member,
+                1,
+                GREATER as _,
+                none,
+                none,
+                pg_sys::F_TIMESTAMPTZ_GT.into(),
+                moment.into(),
+            );
+            ScanKeyEntryInitialize(
+                &mut row[1],
+                member | pg_sys::SK_ROW_END as i32,
+                2,
+                GREATER as _,
+                none,
+                none,
+                procedure.into(),
+                argument,
+            );
+            keys[1].sk_flags = pg_sys::SK_ROW_HEADER as _;
+            keys[1].sk_attno = 1;
+            keys[1].sk_strategy = GREATER as _;
+            keys[1].sk_argument = pg_sys::Datum::from(row.as_mut_ptr());
+            nkeys = 2;
+        }
+        // A snapshot taken now, after this transaction's earlier commands, as a statement of a
+        // VOLATILE function takes one.
+        CommandCounterIncrement();
+        let snapshot = RegisterSnapshot(GetTransactionSnapshot());
+        let scan = index_beginscan(table, index, snapshot, nkeys, 0);
+        index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+        let slot = table_slot_create(table, std::ptr::null_mut());
+        while tids.len() < batch
+            && index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        {
+            tids.push((*slot).tts_tid);
+        }
+        // A full batch leaves its last row in the slot.
+        let last = (tids.len() == batch).then(|| {
+            slot_getsomeattrs_int(slot, walk.moment_column as _);
+            let value = |column: usize| *(*slot).tts_values.add(column - 1);
+            let id = value(1);
+            let id = if walk.uuid_ids {
+                Id::Uuid(*(id.cast_mut_ptr::<[u8; 16]>()))
+            } else {
+                Id::Int(id.value() as i64)
+            };
+            (value(walk.moment_column).value() as i64, id)
+        });
+        ExecDropSingleTupleTableSlot(slot);
+        index_endscan(scan);
+        UnregisterSnapshot(snapshot);
+        index_close(index, pg_sys::NoLock as _);
+        table_close(table, pg_sys::NoLock as _);
+        last
     }
 }
 
@@ -210,6 +318,10 @@ fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
             }
         };
         identity::require_admin("cleanup_expired_sessions")?;
+        // Rows are deleted below the executor, which is where a read-only transaction (or a
+        // hot standby) would otherwise have been refused: refuse it here, with 25006.
+        // SAFETY: raises a PostgreSQL error, or returns.
+        unsafe { pg_sys::PreventCommandIfReadOnly(c"cleanup_expired_sessions()".as_ptr()) };
         Ok(Spi::connect(|client| {
             let mut sessions = 0i64;
             for pass in Pass::ALL {
@@ -264,6 +376,18 @@ mod tests {
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0);
     }
 
+    #[pg_test(error = "cannot execute cleanup_expired_sessions() in a read-only transaction")]
+    fn a_read_only_transaction_is_refused() {
+        let (id, _) = create(ALICE, "");
+        Spi::run(&format!(
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';
+             SET session_ext.audit = off;
+             SET LOCAL transaction_read_only = on;"
+        ))
+        .unwrap();
+        count("SELECT session_ext.cleanup_expired_sessions()");
+    }
+
     #[pg_test(error = "invalid value for argument \"batch_size\"")]
     fn batch_size_must_be_positive() {
         count("SELECT session_ext.cleanup_expired_sessions(0)");
@@ -291,15 +415,20 @@ mod tests {
         for _ in 0..25 {
             create(ALICE, "");
         }
-        // One statement gives all of them the same valid_until.
-        Spi::run("UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s'").unwrap();
+        // One statement gives all of them, and all their audit rows, the same moment.
+        Spi::run(
+            "SET session_ext.audit_retention = '1d';
+             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s';
+             UPDATE session_ext.session_audit_log SET occurred_at = now() - interval '2 days';",
+        )
+        .unwrap();
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions(10)"), 25);
         assert_eq!(count("SELECT count(*) FROM session_ext.user_sessions"), 0);
-        assert_eq!(
-            count("SELECT count(*) FROM session_ext.session_audit_log WHERE event = 'cleanup'"),
-            3,
-            "batches of 10, 10 and 5"
-        );
+        let left = Spi::get_one::<String>(
+            "SELECT string_agg(details->>'deleted', ',' ORDER BY id) FROM session_ext.session_audit_log",
+        )
+        .unwrap();
+        assert_eq!(left.as_deref(), Some("10,10,5"), "batches of 10, 10 and 5; the 25 old audit rows pruned");
     }
 
     #[pg_test]

@@ -69,61 +69,6 @@ struct Found {
     info: pg_sys::Datum,
 }
 
-/// The PostgreSQL functions of the lookup, declared without the error trap (a `sigsetjmp`) that
-/// pgrx's bindings set around every single call: the lookup makes about fifteen such calls on
-/// every validation, so it runs them all inside one trap instead (`live_by_token`). The
-/// signatures are those of pgrx's bindings for PostgreSQL 15.
-mod untrapped {
-    use pgrx::pg_sys::*;
-    use std::ffi::c_int;
-
-    unsafe extern "C-unwind" {
-        pub fn table_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
-        pub fn index_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
-        pub fn ScanKeyInit(
-            entry: ScanKey,
-            attribute: AttrNumber,
-            strategy: StrategyNumber,
-            procedure: RegProcedure,
-            argument: Datum,
-        );
-        pub fn ActiveSnapshotSet() -> bool;
-        pub fn GetActiveSnapshot() -> Snapshot;
-        pub fn GetTransactionSnapshot() -> Snapshot;
-        pub fn index_beginscan(
-            heap: Relation,
-            index: Relation,
-            snapshot: Snapshot,
-            nkeys: c_int,
-            norderbys: c_int,
-        ) -> IndexScanDesc;
-        pub fn index_rescan(
-            scan: IndexScanDesc,
-            keys: ScanKey,
-            nkeys: c_int,
-            orderbys: ScanKey,
-            norderbys: c_int,
-        );
-        pub fn table_slot_create(relation: Relation, reglist: *mut *mut List) -> *mut TupleTableSlot;
-        pub fn index_getnext_slot(
-            scan: IndexScanDesc,
-            direction: ScanDirection::Type,
-            slot: *mut TupleTableSlot,
-        ) -> bool;
-        pub fn slot_getsomeattrs_int(slot: *mut TupleTableSlot, attnum: c_int);
-        pub fn ExecDropSingleTupleTableSlot(slot: *mut TupleTableSlot);
-        pub fn index_endscan(scan: IndexScanDesc);
-        pub fn index_close(relation: Relation, lockmode: LOCKMODE);
-        pub fn table_close(relation: Relation, lockmode: LOCKMODE);
-        pub fn GetCurrentTransactionStartTimestamp() -> TimestampTz;
-        pub fn lookup_rowtype_tupdesc(type_id: Oid, typmod: i32) -> TupleDesc;
-        pub fn DecrTupleDescRefCount(tupdesc: TupleDesc);
-        pub fn heap_form_tuple(tupdesc: TupleDesc, values: *mut Datum, isnull: *mut bool) -> HeapTuple;
-        pub fn HeapTupleHeaderGetDatum(tuple: HeapTupleHeader) -> Datum;
-        pub fn datumCopy(value: Datum, typbyval: bool, typlen: c_int) -> Datum;
-    }
-}
-
 /// The active session whose current token hashes to `hash`, as `now()` and the statement's
 /// snapshot see it: not revoked, `valid_until` still ahead.
 pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
@@ -146,12 +91,12 @@ pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
     }
 }
 
-/// The lookup itself, calling PostgreSQL only through `untrapped`.
+/// The lookup itself, calling PostgreSQL only through `crate::untrapped`.
 ///
 /// # Safety
 /// Runs inside a transaction and inside an error trap; `relations` are session_ext's.
 unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option<Found> {
-    use untrapped::*;
+    use crate::untrapped::*;
     // SAFETY: the caller's contract.
     unsafe {
         let table = table_open(relations.table, pg_sys::AccessShareLock as _);
@@ -191,7 +136,7 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
 /// `session_ext.session_info`, with the fields of `SESSION_INFO` (checked by `cache::relations`). Nothing here may panic: a
 /// panic cannot leave the trap.
 unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Found> {
-    use untrapped::*;
+    use crate::untrapped::*;
     // SAFETY: the caller's contract; values and nulls have one entry per attribute.
     unsafe {
         let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
