@@ -43,6 +43,11 @@ impl Event {
     }
 }
 
+static SUBJECT_BY_ID: Statement = Statement::new(
+    "SELECT s.id, s.user_id, s.ip_address FROM session_ext.user_sessions s WHERE s.id = $1",
+    &[UUID],
+);
+
 /// The session an event is about.
 #[derive(Debug, Clone)]
 pub struct Subject {
@@ -60,14 +65,7 @@ impl Subject {
             ip_address: row.col(first + 2),
         }
     }
-}
 
-static SUBJECT_BY_ID: Statement = Statement::new(
-    "SELECT s.id, s.user_id, s.ip_address FROM session_ext.user_sessions s WHERE s.id = $1",
-    &[UUID],
-);
-
-impl Subject {
     /// The subject of session `id`, if it exists.
     pub fn of(client: &SpiClient<'_>, id: Uuid) -> Option<Subject> {
         SUBJECT_BY_ID.one(client, &[id.into()]).map(|row| Subject::from_row(&row, 1))

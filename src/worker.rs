@@ -7,7 +7,7 @@
 //! an error in a run (logged, counted in `session_stats()`), and is restarted by the postmaster
 //! after a crash. It starts only once recovery has finished, so a hot standby runs none.
 
-use crate::api::cleanup::{Cursor, Pass};
+use crate::api::cleanup;
 use crate::events;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
 use crate::shmem::{self, MAX_DATABASES};
@@ -171,20 +171,9 @@ impl Worker {
         }
         self.reported_missing = false;
         let batch = CLEANUP_BATCH_SIZE.get();
-        let mut deleted = 0;
-        for pass in Pass::ALL {
-            let mut cursor = Cursor::default();
-            loop {
-                check_for_interrupts!();
-                let done =
-                    in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, &mut cursor)));
-                deleted += done.sessions;
-                if done.was_last(batch) {
-                    break;
-                }
-            }
-        }
-        deleted
+        cleanup::run_passes(batch, |pass, cursor| {
+            in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, cursor)))
+        })
     }
 
     /// Writes the audit rows of creations refused in this database since the last time.

@@ -44,6 +44,10 @@ fn delete_unheld(
     tids: &[pg_sys::ItemPointerData],
     by_executor: &'static Statement,
 ) -> usize {
+    // Deleting below the executor skips its refusal of a read-only transaction (or a hot
+    // standby): refuse here, with 25006.
+    // SAFETY: raises a PostgreSQL error, or returns.
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"cleanup_expired_sessions()".as_ptr()) };
     // SAFETY: the table is opened with the lock DELETE takes and closed before returning; each
     // tid comes from this transaction's snapshot of the same table. The deletions run inside
     // one error trap and call PostgreSQL only through `untrapped`.
@@ -93,12 +97,14 @@ enum Id {
 pub struct Cursor(Option<(pg_sys::TimestampTz, Id)>);
 
 /// What a pass walks: the table, its index on (moment, id), and the table's column of the
-/// moment. Both tables have their id in column 1.
+/// moment (both tables have their id in column 1); and how the table's rows are deleted when
+/// it has triggers.
 struct Walk {
     table: pg_sys::Oid,
     index: pg_sys::Oid,
     moment_column: usize,
     uuid_ids: bool,
+    by_executor: &'static Statement,
 }
 
 /// One kind of row cleanup deletes.
@@ -127,18 +133,21 @@ impl Pass {
                 index: r.valid_until_index,
                 moment_column: column::VALID_UNTIL,
                 uuid_ids: true,
+                by_executor: &DELETE_SESSIONS,
             },
             Pass::Revoked => Walk {
                 table: r.table,
                 index: r.revoked_index,
                 moment_column: column::REVOKED_AT,
                 uuid_ids: true,
+                by_executor: &DELETE_SESSIONS,
             },
             Pass::Audit => Walk {
                 table: r.audit_table,
                 index: r.audit_occurred_index,
                 moment_column: AUDIT_OCCURRED_AT,
                 uuid_ids: false,
+                by_executor: &DELETE_AUDIT_ROWS,
             },
         }
     }
@@ -152,9 +161,14 @@ impl Pass {
         }
     }
 
-    /// Whether the rows are sessions (counted, and audited per batch).
-    fn deletes_sessions(self) -> bool {
-        self != Pass::Audit
+    /// For sessions (counted, and audited per batch), the kind their cleanup event names;
+    /// none for audit rows.
+    fn session_kind(self) -> Option<&'static str> {
+        match self {
+            Pass::Expired => Some("expired"),
+            Pass::Revoked => Some("revoked"),
+            Pass::Audit => None,
+        }
     }
 
     /// Deletes one batch of at most `batch` rows from `cursor` on, and moves `cursor` past the
@@ -182,13 +196,15 @@ impl Pass {
         if last.is_some() {
             *cursor = Cursor(last);
         }
-        let by_executor = if self.deletes_sessions() { &DELETE_SESSIONS } else { &DELETE_AUDIT_ROWS };
-        let deleted = delete_unheld(client, walk.table, &tids, by_executor);
-        if deleted > 0 && self.deletes_sessions() {
-            let kind = if self == Pass::Expired { "expired" } else { "revoked" };
-            events::record(client, Event::Cleanup, None, json!({ "deleted": deleted, "kind": kind }));
-        }
-        Batch { picked: tids.len(), sessions: if self.deletes_sessions() { deleted as i64 } else { 0 } }
+        let deleted = delete_unheld(client, walk.table, &tids, walk.by_executor);
+        let sessions = match self.session_kind() {
+            Some(kind) if deleted > 0 => {
+                events::record(client, Event::Cleanup, None, json!({ "deleted": deleted, "kind": kind }));
+                deleted as i64
+            }
+            _ => 0,
+        };
+        Batch { picked: tids.len(), sessions }
     }
 }
 
@@ -202,7 +218,7 @@ impl Pass {
 unsafe fn pick(
     walk: &Walk,
     cutoff: pg_sys::TimestampTz,
-    from: Cursor,
+    mut from: Cursor,
     batch: usize,
     tids: &mut Vec<pg_sys::ItemPointerData>,
 ) -> Option<(pg_sys::TimestampTz, Id)> {
@@ -217,8 +233,7 @@ unsafe fn pick(
         ScanKeyInit(&mut keys[0], 1, AT_MOST as _, pg_sys::F_TIMESTAMPTZ_LE.into(), cutoff.into());
         let mut nkeys = 1;
         // (moment, id) > from, as the row comparison the executor would build for that clause.
-        let mut from_id = from.0.map(|(_, id)| id);
-        if let (Some((moment, _)), Some(id)) = (from.0, from_id.as_mut()) {
+        if let Some((moment, id)) = &mut from.0 {
             let (procedure, argument) = match id {
                 Id::Uuid(bytes) => (pg_sys::F_UUID_GT, pg_sys::Datum::from(bytes.as_mut_ptr())),
                 Id::Int(n) => (pg_sys::F_INT8GT, pg_sys::Datum::from(*n)),
@@ -233,7 +248,7 @@ unsafe fn pick(
                 none,
                 none,
                 pg_sys::F_TIMESTAMPTZ_GT.into(),
-                moment.into(),
+                (*moment).into(),
             );
             ScanKeyEntryInitialize(
                 &mut row[1],
@@ -292,11 +307,23 @@ pub struct Batch {
     pub sessions: i64,
 }
 
-impl Batch {
-    /// A batch that picked fewer rows than it could is the last of its pass.
-    pub fn was_last(self, batch: i32) -> bool {
-        self.picked < batch as usize
+/// Runs every pass to its end, one batch of up to `batch` rows at a time through `run` (which
+/// decides the transaction each runs in); returns how many sessions were deleted.
+pub fn run_passes(batch: i32, mut run: impl FnMut(Pass, &mut Cursor) -> Batch) -> i64 {
+    let mut sessions = 0;
+    for pass in Pass::ALL {
+        let mut cursor = Cursor::default();
+        loop {
+            check_for_interrupts!();
+            let done = run(pass, &mut cursor);
+            sessions += done.sessions;
+            // A batch that picked fewer rows than it could is the last of its pass.
+            if done.picked < batch as usize {
+                break;
+            }
+        }
     }
+    sessions
 }
 
 /// Deletes sessions past `expires_at` or their idle timeout, revoked sessions older than
@@ -318,25 +345,7 @@ fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
             }
         };
         identity::require_admin("cleanup_expired_sessions")?;
-        // Rows are deleted below the executor, which is where a read-only transaction (or a
-        // hot standby) would otherwise have been refused: refuse it here, with 25006.
-        // SAFETY: raises a PostgreSQL error, or returns.
-        unsafe { pg_sys::PreventCommandIfReadOnly(c"cleanup_expired_sessions()".as_ptr()) };
-        Ok(Spi::connect(|client| {
-            let mut sessions = 0i64;
-            for pass in Pass::ALL {
-                let mut cursor = Cursor::default();
-                loop {
-                    check_for_interrupts!();
-                    let done = pass.run_batch(client, batch, &mut cursor);
-                    sessions += done.sessions;
-                    if done.was_last(batch) {
-                        break;
-                    }
-                }
-            }
-            sessions
-        }))
+        Ok(Spi::connect(|client| run_passes(batch, |pass, cursor| pass.run_batch(client, batch, cursor))))
     })
 }
 

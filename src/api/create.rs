@@ -12,7 +12,7 @@ use crate::token::{self, TokenHash};
 use crate::types::{JsonText, NewSession};
 use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode, Uuid};
+use pgrx::{PgSqlErrorCode, Uuid};
 
 /// A session for the calling user, keyed by a token the client already holds.
 #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
@@ -25,7 +25,7 @@ fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
             user_id,
             session_id: None,
             token_hash: token::hash(token),
-            data: None,
+            data: args::session_data(Some(JsonText("{}")))?,
             options: Options::defaults(),
         };
         let created = row.insert(Some(|| {
@@ -102,7 +102,7 @@ fn create_with_generated_token(
     let token = args::new_token()?;
     let token_hash = token::hash(&token);
     let taken = session_id.map(|id| move || session_id_taken(id));
-    let created = NewRow { user_id, session_id, token_hash, data: Some(data), options }.insert(taken)?;
+    let created = NewRow { user_id, session_id, token_hash, data, options }.insert(taken)?;
     Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 
@@ -151,7 +151,8 @@ struct NewRow<'a> {
     user_id: Uuid,
     session_id: Option<&'a str>,
     token_hash: TokenHash,
-    data: Option<pg_sys::Datum>,
+    /// The jsonb datum of `session_data`.
+    data: pg_sys::Datum,
     options: Options<'a>,
 }
 
@@ -222,7 +223,7 @@ impl NewRow<'_> {
             }
         });
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
-        let data = db::arg_as(self.data.unwrap_or_else(empty_object), JSONB);
+        let data = db::arg_as(self.data, JSONB);
         let (event, actor_role, actor_user_id) = match events::actor_if_audited() {
             Some((role, user)) => (Some(Event::Create.name()), Some(role), user),
             None => (None, None, None),
@@ -258,11 +259,6 @@ impl NewRow<'_> {
             Ok(Created { id, session_id, expires_at })
         })
     }
-}
-
-/// `'{}'::jsonb`, the session data of a session created without any.
-fn empty_object() -> pg_sys::Datum {
-    JsonB(serde_json::json!({})).into_datum().expect("a jsonb datum")
 }
 
 #[cfg(any(test, feature = "pg_test"))]
