@@ -7,7 +7,7 @@ use pgrx::{pg_guard, pg_sys};
 use std::cell::Cell;
 use std::ffi::CStr;
 
-/// The relations `validate_session` and cleanup read directly.
+/// The relations the API reads and writes directly, not through SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct Relations {
     pub table: pg_sys::Oid,
@@ -18,6 +18,8 @@ pub struct Relations {
     pub valid_until_index: pg_sys::Oid,
     pub revoked_index: pg_sys::Oid,
     pub audit_occurred_index: pg_sys::Oid,
+    /// The sequence of the audit log's identity column.
+    pub audit_id_sequence: pg_sys::Oid,
     pub info_type: pg_sys::Oid,
     pub new_session_type: pg_sys::Oid,
     info_relation: pg_sys::Oid,
@@ -54,13 +56,15 @@ pub fn relations() -> Relations {
             SESSION_INFO.len(),
             "session_ext.session_info has the fields of SESSION_INFO"
         );
+        let audit_table = relid(c"session_audit_log");
         Relations {
             table: relid(c"user_sessions"),
-            audit_table: relid(c"session_audit_log"),
+            audit_table,
             token_index: relid(c"user_sessions_token_hash_key"),
             valid_until_index: relid(c"user_sessions_valid_until_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
+            audit_id_sequence: pg_sys::getIdentitySequence(audit_table, 1, false),
             info_type,
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
             info_relation,

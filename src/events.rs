@@ -2,8 +2,9 @@
 //! in the transaction of the change (so a failed call leaves none), and a NOTIFY for the
 //! events an application pushes to its open tabs. Neither ever carries a token.
 
-use crate::db::{Columns, Statement, INET, JSONB, OID, TEXT, TIMESTAMPTZ, UUID};
+use crate::db::{Columns, Statement, UUID};
 use crate::identity;
+use crate::rows;
 use crate::settings;
 use crate::shmem::Refusal;
 use pgrx::datum::{Inet, JsonB, TimestampWithTimeZone};
@@ -72,38 +73,22 @@ impl Subject {
     }
 }
 
-static INSERT_AUDIT: Statement = Statement::new(
-    "INSERT INTO session_ext.session_audit_log
-         (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    &[TEXT, UUID, UUID, TEXT, UUID, INET, JSONB],
-);
-
-// A refused creation, written later by the worker: its own time, and the refused role by oid.
-static INSERT_REFUSAL: Statement = Statement::new(
-    "INSERT INTO session_ext.session_audit_log (occurred_at, event, user_id, actor_role, actor_user_id, details)
-     VALUES ($1, 'rate_limited', $2, coalesce(pg_catalog.pg_get_userbyid($3), $3::text), $2, $4)",
-    &[TIMESTAMPTZ, UUID, OID, JSONB],
-);
-
-/// Who acts, if events are audited now (`session_ext.audit` is on): the calling role's name and
-/// the request's user id. Also for statements that write their audit row themselves.
-pub fn actor_if_audited() -> Option<(String, Option<Uuid>)> {
-    settings::AUDIT.get().then(identity::actor)
-}
-
-/// Records `event` about `subject` (none for cleanup batches): an audit row, and for the events
-/// that change what a client holds, a notification.
+/// Records `event` about `subject` (none for cleanup batches): an audit row while
+/// `session_ext.audit` is on, and for the events that change what a client holds, a
+/// notification.
 pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, details: Value) {
     if let Some(subject) = subject.filter(|_| event.notifies()) {
         notify(event, subject, &details);
     }
-    let Some((actor_role, actor_user_id)) = actor_if_audited() else {
+    if !settings::AUDIT.get() {
         return;
-    };
-    INSERT_AUDIT.count(
+    }
+    let (actor_role, actor_user_id) = identity::actor();
+    rows::AUDIT_LOG.insert(
         client,
         &[
+            rows::next_audit_id().into(),
+            rows::now().into(),
             event.name().into(),
             subject.map(|s| s.id).into(),
             subject.map(|s| s.user_id).into(),
@@ -120,9 +105,29 @@ pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, d
 pub fn record_refusal(client: &SpiClient<'_>, refusal: &Refusal) {
     let at = TimestampWithTimeZone::try_from(refusal.at).expect("a timestamp from GetCurrentTimestamp");
     let details = json!({ "created_last_minute": refusal.created, "max_creates_per_minute": refusal.limit });
-    INSERT_REFUSAL.count(
+    // The refused role by name, unless it was dropped since.
+    // SAFETY: a catalog lookup, NULL for a role that no longer exists.
+    let name = unsafe { pg_sys::GetUserNameFromId(pg_sys::Oid::from(refusal.role), true) };
+    let actor_role = if name.is_null() {
+        format!("unknown (OID={})", refusal.role)
+    } else {
+        // SAFETY: a NUL-terminated role name.
+        unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
+    };
+    let user_id = Some(refusal.user_id());
+    rows::AUDIT_LOG.insert(
         client,
-        &[at.into(), refusal.user_id().into(), pg_sys::Oid::from(refusal.role).into(), JsonB(details).into()],
+        &[
+            rows::next_audit_id().into(),
+            at.into(),
+            "rate_limited".into(),
+            None::<Uuid>.into(),
+            user_id.into(),
+            actor_role.into(),
+            user_id.into(),
+            None::<Inet>.into(),
+            JsonB(details).into(),
+        ],
     );
 }
 

@@ -12,6 +12,7 @@ mod db;
 mod errors;
 mod events;
 mod identity;
+mod rows;
 mod settings;
 mod shmem;
 mod token;

@@ -4,15 +4,17 @@
 //! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
 
 use super::{args, limits};
-use crate::db::{self, Statement, BYTEA, INET, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
+use crate::db::{self, JSONB};
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
-use crate::events::{self, Event};
+use crate::events::{self, Event, Subject};
 use crate::identity;
+use crate::rows;
 use crate::token::{self, TokenHash};
 use crate::types::{JsonText, NewSession};
-use pgrx::datum::{Inet, Interval, TimestampWithTimeZone};
+use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
+use serde_json::json;
 
 /// A session for the calling user, keyed by a token the client already holds.
 #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
@@ -162,45 +164,6 @@ struct Created {
     expires_at: TimestampWithTimeZone,
 }
 
-/// Inserts one session from parameters alone: every value, times included, is computed before,
-/// so the executor only stores. With `audited!` the same statement writes the `create` event.
-/// `$on_conflict` says what a taken session id or token does; nothing at all is inserted then.
-/// The statement reports one row per session inserted.
-macro_rules! insert_session {
-    ($on_conflict:literal) => {
-        insert_session!(@ $on_conflict, "", "")
-    };
-    ($on_conflict:literal, audited) => {
-        insert_session!(@ $on_conflict, "WITH s AS (", concat!(
-            " RETURNING s.id)
-             INSERT INTO session_ext.session_audit_log
-                    (event, session_id, user_id, actor_role, actor_user_id, ip_address, details)
-             SELECT $14, s.id, $2, $15, $16, $8, pg_catalog.jsonb_build_object('session_id', $3) FROM s"
-        ))
-    };
-    (@ $on_conflict:literal, $before:expr, $after:expr) => {
-        Statement::new(
-            concat!(
-                $before,
-                "INSERT INTO session_ext.user_sessions AS s
-                      (id, user_id, session_id, token_hash, session_data, device_info, user_agent, ip_address,
-                       fingerprint_hash, created_at, last_active_at, expires_at, idle_timeout, valid_until)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13) ",
-                $on_conflict,
-                $after
-            ),
-            &[UUID, UUID, TEXT, BYTEA, JSONB, TEXT, TEXT, INET, BYTEA, TIMESTAMPTZ, TIMESTAMPTZ, INTERVAL, TIMESTAMPTZ,
-              TEXT, TEXT, UUID],
-        )
-    };
-}
-
-/// For a generated id and token, which cannot collide: no speculative insertion.
-static INSERT_NEW: [Statement; 2] = [insert_session!(""), insert_session!("", audited)];
-/// For a caller's session id or token, which may be taken.
-static INSERT_UNLESS_TAKEN: [Statement; 2] =
-    [insert_session!("ON CONFLICT DO NOTHING"), insert_session!("ON CONFLICT DO NOTHING", audited)];
-
 impl NewRow<'_> {
     /// Inserts the row within the per-user limits, with its audit row; an error of any kind
     /// leaves nothing written. `taken` is the error for a session id or token already in use;
@@ -209,10 +172,7 @@ impl NewRow<'_> {
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
         let session_id = self.session_id.map_or_else(|| id.to_string(), str::to_owned);
         let o = self.options;
-        // now(), as SQL would see it: the transaction's start.
-        // SAFETY: reads the current transaction's start time.
-        let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
-            .expect("the transaction start is a finite time");
+        let now = rows::now();
         let expires_at = now + o.ttl;
         let valid_until = o.idle_timeout.map_or(expires_at, |idle| {
             let idle_end = now + idle;
@@ -223,38 +183,41 @@ impl NewRow<'_> {
             }
         });
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
-        let data = db::arg_as(self.data, JSONB);
-        let (event, actor_role, actor_user_id) = match events::actor_if_audited() {
-            Some((role, user)) => (Some(Event::Create.name()), Some(role), user),
-            None => (None, None, None),
-        };
-        let statements = if taken.is_some() { &INSERT_UNLESS_TAKEN } else { &INSERT_NEW };
-        let statement = &statements[usize::from(event.is_some())];
-        let args = [
+        let subject = Subject { id, user_id: self.user_id, ip_address: o.ip_address };
+        // The row of session_ext.user_sessions, column by column.
+        let row = [
             id.into(),
             self.user_id.into(),
             session_id.as_str().into(),
             self.token_hash.as_slice().into(),
-            data,
+            DatumWithOid::null::<&[u8]>(),                 // previous_token_hash
+            DatumWithOid::null::<TimestampWithTimeZone>(), // rotated_at
+            db::arg_as(self.data, JSONB),
+            1_i64.into(), // data_version
             o.device_info.into(),
             o.user_agent.into(),
-            o.ip_address.into(),
+            subject.ip_address.clone().into(),
             fingerprint_hash.into(),
-            now.into(),
+            now.into(), // created_at
+            now.into(), // last_active_at
             expires_at.into(),
             o.idle_timeout.into(),
             valid_until.into(),
-            event.into(),
-            actor_role.into(),
-            actor_user_id.into(),
+            DatumWithOid::null::<TimestampWithTimeZone>(), // revoked_at
+            DatumWithOid::null::<&str>(),                  // revoke_reason
         ];
         Spi::connect(|client| {
             limits::before_create(client, self.user_id)?;
-            if statement.count(client, &args) == 0 {
-                return Err(
-                    taken.map_or_else(|| unreachable!("INSERT_NEW inserts or raises"), |taken| taken())
-                );
+            match taken {
+                // A generated id and token cannot collide.
+                None => rows::SESSIONS.insert(client, &row),
+                Some(taken) => {
+                    if rows::SESSION_UNLESS_TAKEN.count(client, &row) == 0 {
+                        return Err(taken());
+                    }
+                }
             }
+            events::record(client, Event::Create, Some(&subject), json!({ "session_id": session_id }));
             limits::after_create(client, self.user_id, id);
             Ok(Created { id, session_id, expires_at })
         })
