@@ -81,8 +81,8 @@ pub fn next_audit_id() -> i64 {
 }
 
 impl Table {
-    /// Inserts `row`: one value per column, in column order. A table someone gave triggers or
-    /// rules gets the row through the executor, which runs them. Refused in a read-only
+    /// Inserts `row`: one value per column, in column order. Where the executor would do more
+    /// than store the row ([`executor_only`]), the row goes through it. Refused in a read-only
     /// transaction with 25006, as the executor refuses an INSERT.
     pub fn insert(&'static self, client: &SpiClient<'_>, row: &[DatumWithOid<'_>]) {
         let oid = (self.relation)(&crate::cache::relations());
@@ -91,8 +91,7 @@ impl Table {
         // the executor state's memory, freed before returning. Errors unwind as PostgreSQL's.
         unsafe {
             let relation = pg_sys::table_open(oid, pg_sys::RowExclusiveLock as _);
-            let form = &*(*relation).rd_rel;
-            if form.relhastriggers || form.relhasrules {
+            if executor_only(relation) {
                 pg_sys::table_close(relation, pg_sys::NoLock as _);
                 self.by_executor.count(client, row);
                 return;
@@ -100,8 +99,14 @@ impl Table {
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
             let desc = (*relation).rd_att;
-            assert_eq!((*desc).natts as usize, row.len(), "one value per column of {oid:?}");
+            let columns = (*desc).attrs.as_slice((*desc).natts as usize);
+            assert!(
+                columns.len() == row.len() && columns.iter().zip(row).all(|(c, v)| c.atttypid == v.oid()),
+                "one value per column of {oid:?}, of the column's type"
+            );
             let estate = pg_sys::CreateExecutorState();
+            // An error here aborts the (sub)transaction, and PostgreSQL's abort restores the
+            // current memory context, as after any error.
             PgMemoryContexts::For((*estate).es_query_cxt).switch_to(|_| {
                 let mut rte = PgBox::<pg_sys::RangeTblEntry>::alloc_node(pg_sys::NodeTag::T_RangeTblEntry);
                 rte.rtekind = pg_sys::RTEKind::RTE_RELATION;
@@ -115,7 +120,6 @@ impl Table {
                 let info =
                     PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
                 pg_sys::InitResultRelInfo(info, relation, 1, std::ptr::null_mut(), 0);
-                (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
                 pg_sys::ExecOpenIndices(info, false);
                 let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
                 for (i, value) in row.iter().enumerate() {
@@ -131,6 +135,24 @@ impl Table {
             pg_sys::FreeExecutorState(estate);
             pg_sys::table_close(relation, pg_sys::NoLock as _);
         }
+    }
+}
+
+/// Whether writing to `relation` must go through the executor, because it would do more than
+/// store the row: run triggers or rules someone added (a cascading foreign key, an audit
+/// trigger), or apply row-level security, which binds the functions' owner only when it is
+/// neither a superuser nor BYPASSRLS.
+///
+/// # Safety
+/// `relation` is open.
+pub unsafe fn executor_only(relation: pg_sys::Relation) -> bool {
+    // SAFETY: the caller's contract; check_enable_rls reads the catalogs.
+    unsafe {
+        let form = &*(*relation).rd_rel;
+        form.relhastriggers
+            || form.relhasrules
+            || pg_sys::check_enable_rls(form.oid, pg_sys::InvalidOid, true)
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
     }
 }
 
@@ -205,5 +227,20 @@ mod tests {
         .unwrap();
         assert_eq!(ids.as_deref(), Some("create,create,by_sql,create"));
         assert_eq!(count("SELECT count(*) FROM session_ext.session_audit_log WHERE occurred_at = now()"), 4);
+    }
+
+    /// Row-level security binds an owner that is neither a superuser nor BYPASSRLS: then the
+    /// executor writes the row, and refuses it, as there is no write policy.
+    #[pg_test(error = "new row violates row-level security policy for table \"user_sessions\"")]
+    fn row_level_security_that_binds_the_owner_is_applied() {
+        Spi::run(
+            "CREATE ROLE plain_owner NOLOGIN;
+             GRANT USAGE ON SCHEMA session_ext TO plain_owner;
+             GRANT INSERT ON session_ext.user_sessions TO plain_owner;
+             ALTER FUNCTION session_ext.create_user_session(uuid, json, interval, interval, text, text, inet, text)
+               OWNER TO plain_owner;",
+        )
+        .unwrap();
+        create(ALICE, "");
     }
 }

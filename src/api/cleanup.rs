@@ -13,8 +13,8 @@ use pgrx::IntoDatum;
 use serde_json::json;
 use std::mem::MaybeUninit;
 
-/// The executor's way, for a table someone gave triggers (a foreign key that cascades, say):
-/// the rows of $1 that no other transaction holds.
+/// The executor's way, for a table that needs it (say, triggers of a foreign key that
+/// cascades): the rows of $1 that no other transaction holds.
 macro_rules! delete_by_executor {
     ($table:literal) => {
         Statement::new(
@@ -35,9 +35,10 @@ static DELETE_SESSIONS: Statement = delete_by_executor!("session_ext.user_sessio
 static DELETE_AUDIT_ROWS: Statement = delete_by_executor!("session_ext.session_audit_log");
 
 /// Deletes the rows at `tids` that no other transaction holds (a row locked or changed since it
-/// was picked is left for a later run), and returns how many it deleted. Without triggers on the
-/// table, each row is deleted as the executor would, minus the row lock that FOR UPDATE SKIP
-/// LOCKED would write first: one WAL record per row instead of two.
+/// was picked is left for a later run), and returns how many it deleted. Unless the table needs
+/// the executor ([`crate::rows::executor_only`]), each row is deleted as the executor would,
+/// minus the row lock that FOR UPDATE SKIP LOCKED would write first: one WAL record per row
+/// instead of two.
 fn delete_unheld(
     client: &SpiClient<'_>,
     table: pg_sys::Oid,
@@ -53,8 +54,7 @@ fn delete_unheld(
     // one error trap and call PostgreSQL only through `untrapped`.
     unsafe {
         let relation = pg_sys::table_open(table, pg_sys::RowExclusiveLock as _);
-        let triggers = (*(*relation).rd_rel).relhastriggers;
-        let deleted = if triggers {
+        let deleted = if crate::rows::executor_only(relation) {
             by_executor.count(client, &[tids.to_vec().into()])
         } else {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
