@@ -84,51 +84,73 @@ pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, d
         return;
     }
     let (actor_role, actor_user_id) = identity::actor();
-    rows::AUDIT_LOG.insert(
-        client,
-        &[
-            rows::next_audit_id().into(),
-            rows::now().into(),
-            event.name().into(),
-            subject.map(|s| s.id).into(),
-            subject.map(|s| s.user_id).into(),
-            actor_role.into(),
-            actor_user_id.into(),
-            subject.and_then(|s| s.ip_address.clone()).into(),
-            JsonB(details).into(),
-        ],
-    );
+    AuditRow {
+        occurred_at: rows::now(),
+        event: event.name(),
+        session_id: subject.map(|s| s.id),
+        user_id: subject.map(|s| s.user_id),
+        actor_role,
+        actor_user_id,
+        ip_address: subject.and_then(|s| s.ip_address.clone()),
+        details,
+    }
+    .write(client);
 }
 
 /// The audit row of a creation refused by `max_creates_per_minute` (SPEC §6), written by the
 /// worker because the refused call's own transaction was rolled back.
 pub fn record_refusal(client: &SpiClient<'_>, refusal: &Refusal) {
-    let at = TimestampWithTimeZone::try_from(refusal.at).expect("a timestamp from GetCurrentTimestamp");
-    let details = json!({ "created_last_minute": refusal.created, "max_creates_per_minute": refusal.limit });
-    // The refused role by name, unless it was dropped since.
-    // SAFETY: a catalog lookup, NULL for a role that no longer exists.
-    let name = unsafe { pg_sys::GetUserNameFromId(pg_sys::Oid::from(refusal.role), true) };
-    let actor_role = if name.is_null() {
-        format!("unknown (OID={})", refusal.role)
-    } else {
-        // SAFETY: a NUL-terminated role name.
-        unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
-    };
     let user_id = Some(refusal.user_id());
-    rows::AUDIT_LOG.insert(
-        client,
-        &[
-            rows::next_audit_id().into(),
-            at.into(),
-            "rate_limited".into(),
-            None::<Uuid>.into(),
-            user_id.into(),
-            actor_role.into(),
-            user_id.into(),
-            None::<Inet>.into(),
-            JsonB(details).into(),
-        ],
-    );
+    AuditRow {
+        occurred_at: TimestampWithTimeZone::try_from(refusal.at)
+            .expect("a timestamp from GetCurrentTimestamp"),
+        event: "rate_limited",
+        session_id: None,
+        user_id,
+        actor_role: identity::role_name(pg_sys::Oid::from(refusal.role)),
+        actor_user_id: user_id,
+        ip_address: None,
+        details: json!({ "created_last_minute": refusal.created, "max_creates_per_minute": refusal.limit }),
+    }
+    .write(client);
+}
+
+/// One row of `session_ext.session_audit_log`, its id aside.
+struct AuditRow {
+    occurred_at: TimestampWithTimeZone,
+    event: &'static str,
+    session_id: Option<Uuid>,
+    user_id: Option<Uuid>,
+    actor_role: String,
+    actor_user_id: Option<Uuid>,
+    ip_address: Option<Inet>,
+    details: Value,
+}
+
+impl AuditRow {
+    /// Inserts the row, its id the next of the identity column's sequence.
+    fn write(self, client: &SpiClient<'_>) {
+        let sequence = crate::cache::relations().audit_id_sequence;
+        // SAFETY: nextval of an existing sequence, which the extension's owner may use.
+        let id = unsafe {
+            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[Some(pg_sys::Datum::from(sequence))])
+        }
+        .expect("nextval returns a value");
+        rows::AUDIT_LOG.insert(
+            client,
+            &[
+                id.into(),
+                self.occurred_at.into(),
+                self.event.into(),
+                self.session_id.into(),
+                self.user_id.into(),
+                self.actor_role.into(),
+                self.actor_user_id.into(),
+                self.ip_address.into(),
+                JsonB(self.details).into(),
+            ],
+        );
+    }
 }
 
 /// `pg_notify(session_ext.notify_channel, {"event", "session_id", "user_id", ...})`, delivered

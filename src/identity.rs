@@ -187,7 +187,8 @@ fn is_admin(role: pg_sys::Oid) -> bool {
     })
 }
 
-fn role_name(role: pg_sys::Oid) -> String {
+/// A role's name; its oid as text for a role dropped since.
+pub fn role_name(role: pg_sys::Oid) -> String {
     // SAFETY: noerr lookup; returns NULL for a dropped role.
     let name = unsafe { pg_sys::GetUserNameFromId(role, true) };
     if name.is_null() {

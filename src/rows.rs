@@ -56,7 +56,7 @@ pub static SESSIONS: Table =
 pub static SESSION_UNLESS_TAKEN: Statement =
     Statement::new(concat!(insert_session!(), " ON CONFLICT DO NOTHING"), &SESSION_TYPES);
 
-/// The audit log; the caller supplies `id` from its identity sequence ([`next_audit_id`]).
+/// The audit log; the caller supplies `id` from its identity sequence.
 pub static AUDIT_LOG: Table = Table {
     relation: |r| r.audit_table,
     by_executor: Statement::new(
@@ -70,14 +70,6 @@ pub fn now() -> TimestampWithTimeZone {
     // SAFETY: reads the current transaction's start time.
     TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })
         .expect("the transaction start is a finite time")
-}
-
-/// The next value of the audit log's identity column.
-pub fn next_audit_id() -> i64 {
-    let sequence = crate::cache::relations().audit_id_sequence;
-    // SAFETY: nextval of an existing sequence, which the extension's owner may use.
-    unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[Some(pg_sys::Datum::from(sequence))]) }
-        .expect("nextval returns a value")
 }
 
 impl Table {

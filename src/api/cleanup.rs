@@ -98,7 +98,7 @@ pub struct Cursor(Option<(pg_sys::TimestampTz, Id)>);
 
 /// What a pass walks: the table, its index on (moment, id), and the table's column of the
 /// moment (both tables have their id in column 1); and how the table's rows are deleted when
-/// it has triggers.
+/// it needs the executor.
 struct Walk {
     table: pg_sys::Oid,
     index: pg_sys::Oid,

@@ -133,8 +133,8 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
 ///
 /// # Safety
 /// As `find`; `slot` holds a row of `session_ext.user_sessions`; `info_type` is
-/// `session_ext.session_info`, with the fields of `SESSION_INFO` (checked by `cache::relations`). Nothing here may panic: a
-/// panic cannot leave the trap.
+/// `session_ext.session_info`, with the fields of `SESSION_INFO` (checked by
+/// `cache::relations`). Nothing here may panic: a panic cannot leave the trap.
 unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Found> {
     use crate::untrapped::*;
     // SAFETY: the caller's contract; values and nulls have one entry per attribute.
