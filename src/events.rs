@@ -7,6 +7,7 @@ use crate::identity;
 use crate::rows;
 use crate::settings;
 use crate::shmem::Refusal;
+use crate::types::uuid_text;
 use pgrx::datum::{Inet, JsonB, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -161,8 +162,8 @@ fn notify(event: Event, subject: &Subject, details: &Value) {
     };
     let mut payload = json!({
         "event": event.name(),
-        "session_id": subject.id.to_string(),
-        "user_id": subject.user_id.to_string(),
+        "session_id": uuid_text(&subject.id),
+        "user_id": uuid_text(&subject.user_id),
     });
     if let Some(reason) = details.get("reason") {
         payload["reason"] = reason.clone();

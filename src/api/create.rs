@@ -10,7 +10,7 @@ use crate::events::{self, Event, Subject};
 use crate::identity;
 use crate::rows;
 use crate::token::{self, TokenHash};
-use crate::types::{JsonText, NewSession};
+use crate::types::{uuid_text, JsonText, NewSession};
 use pgrx::datum::{DatumWithOid, Inet, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, Uuid};
@@ -170,7 +170,7 @@ impl NewRow<'_> {
     /// without it, the id and token were generated and cannot be taken.
     fn insert<F: FnOnce() -> ApiError>(self, taken: Option<F>) -> ApiResult<Created> {
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
-        let session_id = self.session_id.map_or_else(|| id.to_string(), str::to_owned);
+        let session_id = self.session_id.map_or_else(|| uuid_text(&id), str::to_owned);
         let o = self.options;
         let now = rows::now();
         let expires_at = now + o.ttl;
