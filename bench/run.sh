@@ -3,17 +3,18 @@
 # cluster with fixed settings, loads sessions (each scale in a database of its own), measures
 # session_ext against its peers (raw SQL, PL/pgSQL, plain INSERT and DELETE) in the same run,
 # and prints and writes a table of ratios. Every figure is the median of several rounds; peers
-# alternate within each round, and every round starts right after a checkpoint.
+# take turns within each round, in an order that rotates from round to round, and every pgbench
+# run starts right after a checkpoint.
 #
 #   BENCH_SECONDS  seconds per pgbench round       (default 10)
-#   BENCH_ROUNDS   rounds per comparison           (default 5)
+#   BENCH_ROUNDS   rounds per comparison           (default 7)
 #   BENCH_CLIENTS  pgbench clients                 (default 2, one per core here)
 #   BENCH_MEDIUM   sessions of the main comparisons (default 1000000)
 #   BENCH_LARGE    sessions of the largest scale   (default 10000000)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 SECONDS_PER_ROUND="${BENCH_SECONDS:-10}"
-ROUNDS="${BENCH_ROUNDS:-5}"
+ROUNDS="${BENCH_ROUNDS:-7}"
 CLIENTS="${BENCH_CLIENTS:-2}"
 LARGE="${BENCH_LARGE:-10000000}"
 SMALL=10000
@@ -79,13 +80,15 @@ tps() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # compare PEER...: ROUNDS rounds of each peer (SCRIPT:USER:SCALE, as tps takes it) in turn;
-# sets MEDIAN[peer].
+# sets MEDIAN[peer]. Each round starts one peer further along the list, so that no peer always
+# runs first (after the previous comparison's writes, or after the last peer of the round before).
 declare -A MEDIAN
 compare() {
-    local round peer
+    local round i peer peers=("$@")
     declare -A runs
-    for round in $(seq "$ROUNDS"); do
-        for peer in "$@"; do
+    for round in $(seq 0 $((ROUNDS - 1))); do
+        for i in $(seq 0 $(($# - 1))); do
+            peer=${peers[(round + i) % $#]}
             runs[$peer]+="$(tps "$peer") "
         done
     done
@@ -189,7 +192,7 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
     echo
     echo "$(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM,"
     echo "$("$PG_BIN/postgres" --version), shared_buffers $SHARED_BUFFERS, pgbench -M prepared -c $CLIENTS -j 1,"
-    echo "$ROUNDS rounds of ${SECONDS_PER_ROUND}s per peer, interleaved; medians."
+    echo "$ROUNDS rounds of ${SECONDS_PER_ROUND}s per peer, taking turns in an order that rotates each round; medians."
     echo
     echo "| measure | session_ext | baseline | ratio | target | met |"
     echo "|---|---|---|---|---|---|"
