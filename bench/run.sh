@@ -28,6 +28,9 @@ RESULTS="$BENCH/results.md"
 setup
 install_extension --release
 say "starting the benchmark cluster on port $PORT"
+# touch_interval 1h: each random session is validated once or twice per run, where an
+# application validates one many times a minute; at the default every validation here would
+# write activity, which the raw query does not.
 cluster_create bench "$PORT" \
     "shared_preload_libraries = 'session_ext'" \
     "session_ext.cleanup_interval = 0" \
