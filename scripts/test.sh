@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Sets up the machine and runs every test of session_ext; exits non-zero on any failure.
-#   1. formatting and lints (rustfmt, clippy -D warnings)
+# Sets up the machine and runs every test of session_ext on every supported PostgreSQL major
+# (15, 16, 17, 18); exits non-zero on any failure. SESSION_EXT_PG_MAJORS="17" (or "15 18", ...)
+# narrows a local run; CI runs all. Once: formatting, the module layering (no module imports one
+# that imports it back) and the integration tests' lints. Then for each major:
+#   1. lints: clippy -D warnings, built against that major
 #   2. unit tests: cargo pgrx test (pure Rust #[test]s and in-database #[pg_test]s)
 #   3. the release package (cargo pgrx package), installed; the SQL-level suite: pgTAP files in
 #      pg_test/, run by pg_prove against it in a fresh cluster
 #   4. the client examples in examples/ (Python and Node.js) against that cluster
-#   5. integration tests in tests/: Rust clients against real clusters
+#   5. upgrades: each released version of the extension updated to this one
+#   6. integration tests in tests/: Rust clients against real clusters
+# Last, when 15 and a newer major are selected: pg_upgrade from 15 to each newer one.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PGTAP_PORT="${SESSION_EXT_PGTAP_PORT:-28816}"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 
 stop_test_clusters() {
     cluster_stop pgtap
@@ -19,96 +25,123 @@ stop_test_clusters() {
     return 0
 }
 
-setup
-trap stop_test_clusters EXIT
-
-say "formatting and lints"
-(cd "$ROOT" && cargo fmt --all --check)
-(cd "$ROOT/tests" && cargo fmt --all --check)
-(cd "$ROOT" && cargo clippy --all-targets --features "pg$PG_MAJOR pg_test" -- -D warnings)
-(cd "$ROOT/tests" && cargo clippy --all-targets -- -D warnings)
-
-say "unit tests (cargo pgrx test)"
-rm -rf "$RUN_DIR/pgrx"
-mkdir -p "$RUN_DIR/pgrx"
-chown postgres:postgres "$RUN_DIR/pgrx"
-(cd "$ROOT" && cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RUN_DIR/pgrx/data")
-
-# The unit tests installed a build with test-only functions. Everything from here on runs
-# against the release package, installed as a user would install it.
-package="$(install_package)"
-
-say "the package holds the library, the control file, this version's install script and the upgrade scripts"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
+# The files the package must hold, under the paths pg_config names: the library, the control
+# file, this version's install script and the upgrade scripts.
 expected_files() {
-    printf '%s\n' "./usr/lib/postgresql/$PG_MAJOR/lib/session_ext.so" \
-        "./usr/share/postgresql/$PG_MAJOR/extension/session_ext--$version.sql" \
-        "./usr/share/postgresql/$PG_MAJOR/extension/session_ext.control"
-    local upgrade
+    local lib share upgrade
+    lib="$("$PG_CONFIG" --pkglibdir)"
+    share="$("$PG_CONFIG" --sharedir)/extension"
+    printf '%s\n' ".$lib/session_ext.so" ".$share/session_ext--$VERSION.sql" ".$share/session_ext.control"
     for upgrade in "$ROOT"/sql/session_ext--*--*.sql; do
-        echo "./usr/share/postgresql/$PG_MAJOR/extension/${upgrade##*/}"
+        echo ".$share/${upgrade##*/}"
     done
 }
-diff <(cd "$package" && find . -type f | sort) <(expected_files | sort)
-python3 - "$ROOT/META.json" "$version" <<'PY'
-import json, sys
-meta, version = json.load(open(sys.argv[1])), sys.argv[2]
-assert meta["version"] == version, f"META.json version {meta['version']} is not Cargo's {version}"
-assert meta["provides"]["session_ext"]["version"] == version, "META.json provides another version"
-PY
 
-say "pgTAP suite (pg_prove), in a fresh cluster"
-cluster_create pgtap "$PGTAP_PORT" "shared_preload_libraries = 'session_ext'" "fsync = off"
-cluster_start pgtap
-cluster_psql pgtap -f "$ROOT/pg_test/fixtures/supabase_roles.sql"
-installed="$(cluster_psql pgtap -Atc "CREATE EXTENSION session_ext; SELECT extversion FROM pg_extension WHERE extname = 'session_ext'")"
-[ "$installed" = "$version" ] || { echo "the package installs version $installed, not $version" >&2; exit 1; }
-cluster_psql pgtap -c "DROP EXTENSION session_ext" -c "CREATE DATABASE session_ext_test"
-(cd "$ROOT/pg_test" && PGHOST="$(cluster_dir pgtap)/sock" PGPORT="$PGTAP_PORT" PGUSER=postgres \
-    PGDATABASE=session_ext_test pg_prove --failures ./*.sql)
-
-say "client examples (examples/python, examples/node)"
-ensure_example_clients
-cluster_psql pgtap -c "CREATE DATABASE examples"
-cluster_psql pgtap -d examples -c "CREATE EXTENSION session_ext" -f "$ROOT/pg_test/fixtures/grant_api_roles.sql"
-examples_url="postgresql://authenticator@/examples?host=$(cluster_dir pgtap)/sock&port=$PGTAP_PORT"
-DATABASE_URL="$examples_url" "$EXAMPLES_PYTHON" "$ROOT/examples/python/sessions.py"
-(cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
-say "upgrades: each released version, updated to $version, keeps its sessions and equals a fresh install"
-extension_dir="$("$PG_CONFIG" --sharedir)/extension"
-# pg_dump --binary-upgrade lists an extension's member objects one by one (a plain dump shows only
-# CREATE EXTENSION). What differs between any two databases is masked: OIDs and transaction ids,
-# the dump's random \restrict key, and the audit sequence's position (data, not schema).
+# schema_of DATABASE: its schema as pg_dump --binary-upgrade lists it, an extension's member
+# objects one by one (a plain dump shows only CREATE EXTENSION). What differs between any two
+# databases is masked: OIDs and transaction ids, the dump's random \restrict key, and the audit
+# sequence's position (data, not schema).
 schema_of() {
     as_pg "$PG_BIN/pg_dump" --schema-only --binary-upgrade -h "$(cluster_dir pgtap)/sock" -p "$PGTAP_PORT" \
         -U postgres -d "$1" |
         grep -v -e 'binary_upgrade_set_next_' -e '^\\\(un\)\?restrict ' -e "setval('session_ext\." |
         sed -E "s/'[0-9]+'/'N'/g; s/'\{[0-9,]+\}'/'{N}'/g"
 }
-cluster_psql pgtap -c "CREATE DATABASE fresh_install"
-cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
-for released in "$ROOT"/sql/released/session_ext--*.sql; do
-    old="${released##*--}"
-    old="${old%.sql}"
-    as_root cp "$released" "$extension_dir/"
-    cluster_psql pgtap -c "CREATE DATABASE upgraded"
-    cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
-        CREATE TABLE kept AS SELECT s.token FROM generate_series(1, 5),
-            LATERAL session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s"
-    cluster_psql pgtap -d upgraded -c "ALTER EXTENSION session_ext UPDATE"
-    still_valid="$(cluster_psql pgtap -d upgraded -Atc "
-        SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
-        DROP TABLE kept")"
-    [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
-    diff -u <(schema_of fresh_install) <(schema_of upgraded)
-    echo "$old -> $version: 5/5 sessions validate, schema equals a fresh install"
-    as_root rm "$extension_dir/session_ext--$old.sql"
-    cluster_psql pgtap -c "DROP DATABASE upgraded"
+
+# test_major MAJOR: the whole suite against one major.
+test_major() {
+    use_major "$1"
+    say "PostgreSQL $PG_MAJOR: lints (clippy against this major's headers)"
+    (cd "$ROOT" && cargo clippy --all-targets --no-default-features --features "pg$PG_MAJOR pg_test" -- -D warnings)
+
+    say "PostgreSQL $PG_MAJOR: unit tests (cargo pgrx test)"
+    rm -rf "$RUN_DIR/pgrx"
+    mkdir -p "$RUN_DIR/pgrx"
+    chown postgres:postgres "$RUN_DIR/pgrx"
+    (cd "$ROOT" && cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RUN_DIR/pgrx/data")
+
+    # The unit tests installed a build with test-only functions. Everything from here on runs
+    # against the release package, installed as a user would install it.
+    local package
+    package="$(install_package)"
+    say "PostgreSQL $PG_MAJOR: the package holds the library, the control file and the SQL scripts"
+    diff <(cd "$package" && find . -type f | sort) <(expected_files | sort)
+
+    say "PostgreSQL $PG_MAJOR: pgTAP suite (pg_prove), in a fresh cluster"
+    cluster_create pgtap "$PGTAP_PORT" "shared_preload_libraries = 'session_ext'" "fsync = off"
+    cluster_start pgtap
+    cluster_psql pgtap -f "$ROOT/pg_test/fixtures/supabase_roles.sql"
+    local installed
+    installed="$(cluster_psql pgtap -Atc "CREATE EXTENSION session_ext; SELECT extversion FROM pg_extension WHERE extname = 'session_ext'")"
+    [ "$installed" = "$VERSION" ] || { echo "the package installs version $installed, not $VERSION" >&2; exit 1; }
+    cluster_psql pgtap -c "DROP EXTENSION session_ext" -c "CREATE DATABASE session_ext_test"
+    (cd "$ROOT/pg_test" && PATH="$PG_BIN:$PATH" PGHOST="$(cluster_dir pgtap)/sock" PGPORT="$PGTAP_PORT" \
+        PGUSER=postgres PGDATABASE=session_ext_test pg_prove --failures ./*.sql)
+
+    say "PostgreSQL $PG_MAJOR: client examples (examples/python, examples/node)"
+    ensure_example_clients
+    cluster_psql pgtap -c "CREATE DATABASE examples"
+    cluster_psql pgtap -d examples -c "CREATE EXTENSION session_ext" -f "$ROOT/pg_test/fixtures/grant_api_roles.sql"
+    local examples_url="postgresql://authenticator@/examples?host=$(cluster_dir pgtap)/sock&port=$PGTAP_PORT"
+    DATABASE_URL="$examples_url" "$EXAMPLES_PYTHON" "$ROOT/examples/python/sessions.py"
+    (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
+
+    say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
+    local extension_dir released old still_valid
+    extension_dir="$("$PG_CONFIG" --sharedir)/extension"
+    cluster_psql pgtap -c "CREATE DATABASE fresh_install"
+    cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
+    for released in "$ROOT"/sql/released/session_ext--*.sql; do
+        old="${released##*--}"
+        old="${old%.sql}"
+        as_root cp "$released" "$extension_dir/"
+        cluster_psql pgtap -c "CREATE DATABASE upgraded"
+        cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
+            CREATE TABLE kept AS SELECT s.token FROM generate_series(1, 5),
+                LATERAL session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s"
+        cluster_psql pgtap -d upgraded -c "ALTER EXTENSION session_ext UPDATE"
+        still_valid="$(cluster_psql pgtap -d upgraded -Atc "
+            SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
+            DROP TABLE kept")"
+        [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
+        diff -u <(schema_of fresh_install) <(schema_of upgraded)
+        echo "$old -> $VERSION: 5/5 sessions validate, schema equals a fresh install"
+        as_root rm "$extension_dir/session_ext--$old.sql"
+        cluster_psql pgtap -c "DROP DATABASE upgraded"
+    done
+    cluster_stop pgtap
+
+    say "PostgreSQL $PG_MAJOR: integration tests (tests/)"
+    (cd "$ROOT/tests" && cargo test)
+}
+
+setup
+trap stop_test_clusters EXIT
+
+say "formatting, module layering, the integration tests' lints"
+(cd "$ROOT" && cargo fmt --all --check)
+(cd "$ROOT/tests" && cargo fmt --all --check)
+python3 "$ROOT/scripts/layers.py" "$ROOT/src"
+(cd "$ROOT/tests" && cargo clippy --all-targets -- -D warnings)
+python3 - "$ROOT/META.json" "$VERSION" <<'PY'
+import json, sys
+meta, version = json.load(open(sys.argv[1])), sys.argv[2]
+assert meta["version"] == version, f"META.json version {meta['version']} is not Cargo's {version}"
+assert meta["provides"]["session_ext"]["version"] == version, "META.json provides another version"
+PY
+
+for major in "${MAJORS[@]}"; do
+    test_major "$major"
 done
 
-cluster_stop pgtap
+# pg_upgrade from 15 to each newer selected major.
+if [[ " ${MAJORS[*]} " == *" 15 "* ]]; then
+    for major in "${MAJORS[@]}"; do
+        if [ "$major" -gt 15 ]; then
+            say "pg_upgrade from PostgreSQL 15 to $major keeps every session"
+            "$ROOT/scripts/pg_upgrade_test.sh" 15 "$major"
+        fi
+    done
+fi
 
-say "integration tests (tests/)"
-(cd "$ROOT/tests" && cargo test)
-
-say "all tests passed"
+say "all tests passed on PostgreSQL ${MAJORS[*]}"

@@ -2,7 +2,8 @@
 //! PostgreSQL reports a change to the catalogs they come from (the same invalidation callbacks
 //! PostgreSQL's own caches use), so they are never stale.
 
-use crate::api::SESSION_INFO;
+use crate::internals;
+use crate::schema::SESSION_INFO;
 use pgrx::{pg_guard, pg_sys};
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -64,7 +65,7 @@ pub fn relations() -> Relations {
             valid_until_index: relid(c"user_sessions_valid_until_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
-            audit_id_sequence: pg_sys::getIdentitySequence(audit_table, 1, false),
+            audit_id_sequence: internals::identity_sequence(audit_table, 1),
             info_type,
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
             info_relation,

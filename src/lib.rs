@@ -4,7 +4,6 @@
 //! modules hold the functions, split by concern.
 
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 mod api;
 mod cache;
@@ -12,12 +11,13 @@ mod db;
 mod errors;
 mod events;
 mod identity;
+mod internals;
 mod rows;
+mod schema;
 mod settings;
 mod shmem;
 mod token;
 mod types;
-mod untrapped;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -37,24 +37,18 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 // nothing but these, so its upgrade script is also what a fresh install runs for them.
 extension_sql_file!("../sql/session_ext--0.1.0--0.2.0.sql", name = "comments", requires = ["finalize"]);
 
-/// Set when the library was loaded by shared_preload_libraries; forked backends inherit it.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
-
-/// Whether session_ext was preloaded: only then are there workers and shared state.
-pub fn preloaded() -> bool {
-    PRELOADED.load(Ordering::Relaxed)
-}
-
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
-    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    // SAFETY: flags PostgreSQL sets before it loads libraries.
+    let (preloading, binary_upgrade) =
+        unsafe { (pg_sys::process_shared_preload_libraries_in_progress, pg_sys::IsBinaryUpgrade) };
     if preloading {
         settings::register_worker_settings();
     }
     settings::register();
-    if preloading {
-        PRELOADED.store(true, Ordering::Relaxed);
+    // pg_upgrade's servers (binary-upgrade mode) only restore the catalogs: no worker may start
+    // there and write to a database whose files are being carried over, as pg_cron holds back.
+    if preloading && !binary_upgrade {
         worker::register();
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::cache::Relations;
 use crate::db::{Statement, BYTEA, INET, INT8, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
+use crate::internals;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::spi::SpiClient;
@@ -91,9 +92,9 @@ impl Table {
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
             let desc = (*relation).rd_att;
-            let columns = (*desc).attrs.as_slice((*desc).natts as usize);
+            let columns = internals::attribute_types(desc);
             assert!(
-                columns.len() == row.len() && columns.iter().zip(row).all(|(c, v)| c.atttypid == v.oid()),
+                columns.len() == row.len() && columns.iter().zip(row).all(|(c, v)| *c == v.oid()),
                 "one value per column of {oid:?}, of the column's type"
             );
             let estate = pg_sys::CreateExecutorState();
@@ -105,10 +106,7 @@ impl Table {
                 rte.relid = oid;
                 rte.relkind = pg_sys::RELKIND_RELATION as _;
                 rte.rellockmode = pg_sys::RowExclusiveLock as _;
-                pg_sys::ExecInitRangeTable(
-                    estate,
-                    pg_sys::lappend(std::ptr::null_mut(), rte.into_pg().cast()),
-                );
+                internals::init_range_table(estate, rte.into_pg());
                 let info =
                     PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
                 pg_sys::InitResultRelInfo(info, relation, 1, std::ptr::null_mut(), 0);

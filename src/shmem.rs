@@ -3,9 +3,11 @@
 //! creations refused by the rate limit, which the worker writes to the audit log because the
 //! refused call's own transaction is rolled back.
 
+use crate::settings;
 use pgrx::lwlock::PgLwLock;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_guard, pg_shmem_init, pg_sys, Uuid};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Most databases the worker cleans; more in `session_ext.database` are ignored with a warning.
 pub const MAX_DATABASES: usize = 16;
@@ -140,17 +142,28 @@ unsafe impl PGRXSharedMemory for Shared {}
 // SAFETY: the name is unique to session_ext.
 static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"session_ext") };
 
+/// Set when the library was loaded by shared_preload_libraries; forked backends inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
 /// Whether this process has the shared state (session_ext was preloaded).
 fn attached() -> bool {
-    crate::preloaded()
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// The databases served: those of `session_ext.database`, up to [`MAX_DATABASES`].
+pub fn served() -> Vec<String> {
+    let mut databases = settings::databases();
+    databases.truncate(MAX_DATABASES);
+    databases
 }
 
 /// Asks for the shared memory; called from _PG_init while preloading. As the server starts,
 /// the workers' slots are named after the databases they serve.
 pub fn request() {
+    PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(
         SHARED = {
-            let databases = crate::worker::served();
+            let databases = served();
             let mut shared = Shared { databases: databases.len(), ..Default::default() };
             for (slot, name) in shared.workers.iter_mut().zip(&databases) {
                 to_fixed(&mut slot.database, name);

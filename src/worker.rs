@@ -9,6 +9,7 @@
 
 use crate::api::cleanup;
 use crate::events;
+use crate::internals;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
 use crate::shmem::{self, MAX_DATABASES};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
@@ -18,21 +19,8 @@ use pgrx::{pg_sys, PgTryBuilder};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-// The signal handlers themselves, as the C functions they are (pg_sys wraps its functions).
-unsafe extern "C-unwind" {
-    fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
-    fn die(signal: std::ffi::c_int);
-}
-
 /// The postmaster waits this long before starting a worker that exited with an error again.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
-
-/// The databases served: those of `session_ext.database`, up to [`MAX_DATABASES`].
-pub(crate) fn served() -> Vec<String> {
-    let mut databases = settings::databases();
-    databases.truncate(MAX_DATABASES);
-    databases
-}
 
 /// Registers the workers; called from _PG_init while preloading.
 pub fn register() {
@@ -41,7 +29,7 @@ pub fn register() {
         warning!("session_ext.database names {named} databases; the cleanup worker serves the first {MAX_DATABASES}");
     }
     shmem::request();
-    for (slot, database) in served().iter().enumerate() {
+    for (slot, database) in shmem::served().iter().enumerate() {
         BackgroundWorkerBuilder::new(&format!("session_ext cleanup {database}"))
             .set_type("session_ext cleanup")
             .set_library("session_ext")
@@ -61,8 +49,8 @@ pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
     // SAFETY: PostgreSQL's own handlers: SIGHUP marks the configuration for reloading, and SIGTERM
     // makes the next CHECK_FOR_INTERRUPTS (also inside lock waits) end the process.
     unsafe {
-        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        internals::set_signal_handler(pg_sys::SIGHUP, internals::SignalHandlerForConfigReload);
+        internals::set_signal_handler(pg_sys::SIGTERM, internals::die);
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     let database = shmem::snapshot().expect("workers run only when preloaded").workers[slot].database();

@@ -5,8 +5,8 @@
 mod harness;
 
 use harness::{
-    as_postgres, begin_request, claims, eventually, free_port, fresh, request, shared_cluster, Cluster,
-    GRANT_API_ROLES, PG_BIN, SUPABASE_ROLES,
+    as_postgres, begin_request, claims, eventually, free_port, fresh, pg_tool, request, shared_cluster,
+    Cluster, GRANT_API_ROLES, SUPABASE_ROLES,
 };
 use postgres::types::Type;
 use postgres::{Client, NoTls, Transaction};
@@ -413,7 +413,7 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     let source = shared_cluster(CLUSTER);
     let (source_sock, source_port) = (source.socket_dir(), source.port.to_string());
     as_postgres(
-        &format!("{PG_BIN}/pg_dump"),
+        &pg_tool("pg_dump"),
         &["-h", &source_sock, "-p", &source_port, "-U", "postgres", "-Fc", "-f", dump, &db],
     );
     let mut target_admin = target.connect("postgres", "postgres");
@@ -421,7 +421,7 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     target_admin.batch_execute("CREATE DATABASE restored").unwrap();
     let (target_sock, target_port) = (target.socket_dir(), target.port.to_string());
     as_postgres(
-        &format!("{PG_BIN}/pg_restore"),
+        &pg_tool("pg_restore"),
         &[
             "-h",
             &target_sock,

@@ -51,14 +51,14 @@ fn delete_unheld(
     unsafe { pg_sys::PreventCommandIfReadOnly(c"cleanup_expired_sessions()".as_ptr()) };
     // SAFETY: the table is opened with the lock DELETE takes and closed before returning; each
     // tid comes from this transaction's snapshot of the same table. The deletions run inside
-    // one error trap and call PostgreSQL only through `untrapped`.
+    // one error trap and call PostgreSQL only through `internals::untrapped`.
     unsafe {
         let relation = pg_sys::table_open(table, pg_sys::RowExclusiveLock as _);
         let deleted = if crate::rows::executor_only(relation) {
             by_executor.count(client, &[tids.to_vec().into()])
         } else {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                use crate::untrapped::*;
+                use crate::internals::untrapped::*;
                 let command = GetCurrentCommandId(true);
                 let mut failure = MaybeUninit::<pg_sys::TM_FailureData>::uninit();
                 let mut deleted = 0;
@@ -125,7 +125,7 @@ impl Pass {
     pub const ALL: [Pass; 3] = [Pass::Expired, Pass::Revoked, Pass::Audit];
 
     fn walk(self) -> Walk {
-        use super::lookup::column;
+        use crate::schema::column;
         let r = crate::cache::relations();
         match self {
             Pass::Expired => Walk {
@@ -222,7 +222,7 @@ unsafe fn pick(
     batch: usize,
     tids: &mut Vec<pg_sys::ItemPointerData>,
 ) -> Option<(pg_sys::TimestampTz, Id)> {
-    use crate::untrapped::*;
+    use crate::internals::untrapped::*;
     use pg_sys::{BTGreaterStrategyNumber as GREATER, BTLessEqualStrategyNumber as AT_MOST};
     // SAFETY: the caller's contract. The scan keys, and the id they point to, outlive the scan.
     unsafe {
@@ -270,7 +270,7 @@ unsafe fn pick(
         // VOLATILE function takes one.
         CommandCounterIncrement();
         let snapshot = RegisterSnapshot(GetTransactionSnapshot());
-        let scan = index_beginscan(table, index, snapshot, nkeys, 0);
+        let scan = begin_index_scan(table, index, snapshot, nkeys);
         index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
         let slot = table_slot_create(table, std::ptr::null_mut());
         while tids.len() < batch

@@ -21,7 +21,6 @@ use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
 pub use crate::events::Subject;
-pub use lookup::SESSION_INFO;
 
 /// The columns of `session_ext.session_info`, built from `session_ext.user_sessions s`.
 macro_rules! session_info_row {

@@ -14,13 +14,28 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const TEMPLATE: &str = "session_ext_template";
 pub const SUPABASE_ROLES: &str = include_str!("../../pg_test/fixtures/supabase_roles.sql");
 pub const GRANT_API_ROLES: &str = include_str!("../../pg_test/fixtures/grant_api_roles.sql");
 
 pub const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
 pub const BOB: &str = "b0b00000-0000-4000-8000-000000000002";
+
+/// A program of the PostgreSQL under test: the major scripts/test.sh runs (SESSION_EXT_PG_BIN),
+/// by default Debian's 15.
+pub fn pg_tool(name: &str) -> String {
+    let bin =
+        std::env::var("SESSION_EXT_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+    format!("{bin}/{name}")
+}
+
+/// Whether the PostgreSQL under test has `extension` available (pg_cron is packaged for some
+/// majors only).
+pub fn extension_available(extension: &str) -> bool {
+    let output = Command::new(pg_tool("pg_config")).arg("--sharedir").output().expect("running pg_config");
+    let share = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Path::new(&share).join("extension").join(format!("{extension}.control")).exists()
+}
 
 fn run_dir() -> PathBuf {
     std::env::var_os("SESSION_EXT_RUN_DIR")
@@ -67,7 +82,7 @@ impl Cluster {
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
         let cluster = Cluster::empty(name);
         as_postgres(
-            &format!("{PG_BIN}/initdb"),
+            &pg_tool("initdb"),
             &[
                 "-D",
                 &cluster.data,
@@ -90,7 +105,7 @@ impl Cluster {
     pub fn replica(&self, name: &str) -> Cluster {
         let replica = Cluster::empty(name);
         as_postgres(
-            &format!("{PG_BIN}/pg_basebackup"),
+            &pg_tool("pg_basebackup"),
             &[
                 "-h",
                 &self.socket_dir(),
@@ -117,7 +132,7 @@ impl Cluster {
             // Left running by an earlier, interrupted run.
             let data = dir.join("data").to_string_lossy().into_owned();
             let _ = Command::new("sudo")
-                .args(["-u", "postgres", &format!("{PG_BIN}/pg_ctl"), "-D", &data, "-m", "immediate", "stop"])
+                .args(["-u", "postgres", &pg_tool("pg_ctl"), "-D", &data, "-m", "immediate", "stop"])
                 .current_dir("/")
                 .output();
         }
@@ -159,7 +174,7 @@ impl Cluster {
     pub fn pg_ctl(&self, args: &[&str]) -> Output {
         let mut all = vec!["-D", self.data.as_str()];
         all.extend_from_slice(args);
-        as_postgres(&format!("{PG_BIN}/pg_ctl"), &all)
+        as_postgres(&pg_tool("pg_ctl"), &all)
     }
 
     pub fn connect(&self, user: &str, database: &str) -> Client {

@@ -1,0 +1,127 @@
+//! PostgreSQL functions declared without the error trap (a `sigsetjmp`) that pgrx's bindings
+//! set around every single call. The token lookup makes about fifteen calls on every
+//! validation, and cleanup two on every row it deletes; each runs all of its calls inside one
+//! trap instead (`pg_sys::ffi::pg_guard_ffi_boundary`). Code calling these must run inside such
+//! a trap and must not panic there.
+//!
+//! Every declaration is checked at compile time against pgrx's binding of the same function,
+//! which is generated from the headers of the major being built: a signature that changes in a
+//! new major (18 added a parameter to `index_beginscan`) fails the build instead of passing
+//! garbage.
+
+use pgrx::pg_sys::{self, *};
+use std::ffi::c_int;
+
+/// Declares each function as PostgreSQL exports it, and asserts that the declaration has the
+/// signature of `pg_sys`'s binding.
+macro_rules! untrapped {
+    ($($(#[$attr:meta])* fn $name:ident($($arg:ident: $type:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        unsafe extern "C-unwind" {
+            $($(#[$attr])* pub fn $name($($arg: $type),*) $(-> $ret)?;)*
+        }
+        $($(#[$attr])* const _: unsafe fn($($type),*) $(-> $ret)? = pg_sys::$name;)*
+    };
+}
+
+untrapped! {
+    fn table_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
+    fn index_open(relation: Oid, lockmode: LOCKMODE) -> Relation;
+    fn ScanKeyInit(
+        entry: ScanKey,
+        attribute: AttrNumber,
+        strategy: StrategyNumber,
+        procedure: RegProcedure,
+        argument: Datum,
+    );
+    fn ScanKeyEntryInitialize(
+        entry: ScanKey,
+        flags: c_int,
+        attribute: AttrNumber,
+        strategy: StrategyNumber,
+        subtype: Oid,
+        collation: Oid,
+        procedure: RegProcedure,
+        argument: Datum,
+    );
+    fn ActiveSnapshotSet() -> bool;
+    fn GetActiveSnapshot() -> Snapshot;
+    fn GetTransactionSnapshot() -> Snapshot;
+    fn RegisterSnapshot(snapshot: Snapshot) -> Snapshot;
+    fn UnregisterSnapshot(snapshot: Snapshot);
+    fn CommandCounterIncrement();
+    fn GetCurrentCommandId(used: bool) -> CommandId;
+    #[cfg(not(feature = "pg18"))]
+    fn index_beginscan(
+        heap: Relation,
+        index: Relation,
+        snapshot: Snapshot,
+        nkeys: c_int,
+        norderbys: c_int,
+    ) -> IndexScanDesc;
+    #[cfg(feature = "pg18")]
+    fn index_beginscan(
+        heap: Relation,
+        index: Relation,
+        snapshot: Snapshot,
+        instrument: *mut IndexScanInstrumentation,
+        nkeys: c_int,
+        norderbys: c_int,
+    ) -> IndexScanDesc;
+    fn index_rescan(
+        scan: IndexScanDesc,
+        keys: ScanKey,
+        nkeys: c_int,
+        orderbys: ScanKey,
+        norderbys: c_int,
+    );
+    fn table_slot_create(relation: Relation, reglist: *mut *mut List) -> *mut TupleTableSlot;
+    fn index_getnext_slot(
+        scan: IndexScanDesc,
+        direction: ScanDirection::Type,
+        slot: *mut TupleTableSlot,
+    ) -> bool;
+    fn slot_getsomeattrs_int(slot: *mut TupleTableSlot, attnum: c_int);
+    fn ExecDropSingleTupleTableSlot(slot: *mut TupleTableSlot);
+    fn index_endscan(scan: IndexScanDesc);
+    fn index_close(relation: Relation, lockmode: LOCKMODE);
+    fn table_close(relation: Relation, lockmode: LOCKMODE);
+    fn heap_delete(
+        relation: Relation,
+        tid: ItemPointer,
+        cid: CommandId,
+        crosscheck: Snapshot,
+        wait: bool,
+        tmfd: *mut TM_FailureData,
+        changing_part: bool,
+    ) -> TM_Result::Type;
+    fn GetCurrentTransactionStartTimestamp() -> TimestampTz;
+    fn lookup_rowtype_tupdesc(type_id: Oid, typmod: i32) -> TupleDesc;
+    fn DecrTupleDescRefCount(tupdesc: TupleDesc);
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    fn heap_form_tuple(tupdesc: TupleDesc, values: *mut Datum, isnull: *mut bool) -> HeapTuple;
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    fn heap_form_tuple(tupdesc: TupleDesc, values: *const Datum, isnull: *const bool) -> HeapTuple;
+    fn HeapTupleHeaderGetDatum(tuple: HeapTupleHeader) -> Datum;
+    fn pg_detoast_datum_copy(datum: *mut varlena) -> *mut varlena;
+}
+
+/// Starts a scan of `index` with `nkeys` keys and no ordering, without instrumentation (which
+/// 18 added as a parameter; EXPLAIN ANALYZE's counters have no reader here).
+///
+/// # Safety
+/// As `index_beginscan`: inside a transaction and an error trap, both relations open.
+pub unsafe fn begin_index_scan(
+    heap: Relation,
+    index: Relation,
+    snapshot: Snapshot,
+    nkeys: c_int,
+) -> IndexScanDesc {
+    // SAFETY: the caller's contract.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        let scan = index_beginscan(heap, index, snapshot, nkeys, 0);
+        #[cfg(feature = "pg18")]
+        let scan = index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0);
+        scan
+    }
+}
