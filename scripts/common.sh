@@ -167,7 +167,9 @@ install_package() {
     local package="$ROOT/target/release/session_ext-pg$PG_MAJOR"
     rm -rf "$package"
     (cd "$ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" >&2)
-    as_root cp -r "$package/." /
+    # A new file for each, as a package manager installs: overwriting session_ext.so in place
+    # would change the code under every server that has it loaded, and crash them.
+    as_root cp -r --remove-destination "$package/." /
     echo "$package"
 }
 

@@ -30,8 +30,8 @@ use_major "$NEW"
 install_package >/dev/null
 use_major "$OLD"
 package="$(install_package)"
-as_root cp "$package$("$PG_CONFIG" --pkglibdir)/session_ext.so" "$("$old_bin/pg_config" --pkglibdir)/"
-as_root cp "$package$("$PG_CONFIG" --sharedir)"/extension/session_ext* "$("$old_bin/pg_config" --sharedir)/extension/"
+as_root cp --remove-destination "$package$("$PG_CONFIG" --pkglibdir)/session_ext.so" "$("$old_bin/pg_config" --pkglibdir)/"
+as_root cp --remove-destination "$package$("$PG_CONFIG" --sharedir)"/extension/session_ext* "$("$old_bin/pg_config" --sharedir)/extension/"
 PG_BIN="$old_bin"
 
 stop_upgrade_clusters() {

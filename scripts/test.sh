@@ -16,13 +16,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PGTAP_PORT="${SESSION_EXT_PGTAP_PORT:-28816}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 
+# The integration tests leave their clusters running; stopped after each major's tests, with that
+# major's pg_ctl, and on exit.
 stop_test_clusters() {
     cluster_stop pgtap
     local data
     for data in "$RUN_DIR"/it/*/data; do
-        [ -f "$data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1
+        if [ -f "$data/postmaster.pid" ]; then
+            as_pg "$PG_BIN/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+        fi
     done
-    return 0
 }
 
 # The files the package must hold, under the paths pg_config names: the library, the control
@@ -113,6 +116,7 @@ test_major() {
 
     say "PostgreSQL $PG_MAJOR: integration tests (tests/)"
     (cd "$ROOT/tests" && cargo test)
+    stop_test_clusters
 }
 
 setup
