@@ -1,5 +1,5 @@
--- Roles and privileges (SPEC §2, §3): who may execute what, definer functions with a pinned
--- search_path, and that a user cannot reach the table except through the functions.
+-- Roles and privileges (SPEC §2, §3): who may execute what, functions that run as their caller
+-- and switch to the owner themselves, and that a user cannot reach the table except through them.
 \ir fixtures/begin.sql
 SELECT plan(33 + (SELECT count(*)::int FROM pg_catalog.pg_proc
                     WHERE pronamespace = 'session_ext'::regnamespace));
@@ -8,8 +8,8 @@ SELECT plan(33 + (SELECT count(*)::int FROM pg_catalog.pg_proc
 SELECT is(
     (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace
-        AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)),
-    NULL, 'every function pins search_path = pg_catalog, pg_temp');
+        AND p.proconfig IS NOT NULL),
+    NULL, 'no function has a SET clause (the library pins search_path for the SQL it runs)');
 SELECT is(
     (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace
@@ -17,9 +17,9 @@ SELECT is(
     NULL, 'no function is executable by PUBLIC');
 SELECT is(
     (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
-      WHERE p.pronamespace = 'session_ext'::regnamespace AND NOT p.prosecdef
-        AND p.proname <> 'current_user_id'),
-    NULL, 'every API function is SECURITY DEFINER (current_user_id runs as its caller)');
+      WHERE p.pronamespace = 'session_ext'::regnamespace
+        AND (p.prosecdef OR p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c') OR p.probin <> '$libdir/session_ext')),
+    NULL, 'every function is SECURITY INVOKER C code of the session_ext library, which decides identity from its caller and then switches to the owner itself');
 
 SELECT is(
     (SELECT array_agg(c.oid::regclass::text ORDER BY c.relname) FROM pg_catalog.pg_class c
@@ -32,9 +32,9 @@ SELECT is(
         AND regexp_replace(coalesce(p.qual, 'true'), '[()\s]', '', 'g') = 'true'
         AND p.roles <> ARRAY['session_ext_admin']::name[]),
     NULL, 'no permissive USING (true) policy applies to anyone but session_ext_admin');
-SELECT is_definer('session_ext', 'create_user_session', ARRAY['text'], 'create (token) is a definer function');
-SELECT is_definer('session_ext', 'validate_session', ARRAY['text', 'text'], 'validate_session is a definer function');
-SELECT is_definer('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'cleanup is a definer function');
+SELECT isnt_definer('session_ext', 'create_user_session', ARRAY['text'], 'create (token) runs as its caller');
+SELECT isnt_definer('session_ext', 'validate_session', ARRAY['text', 'text'], 'validate_session runs as its caller');
+SELECT isnt_definer('session_ext', 'cleanup_expired_sessions', ARRAY['integer'], 'cleanup runs as its caller');
 
 -- Who may execute: anon nothing; authenticated the self-service API; service_role everything.
 SELECT function_privs_are('session_ext', 'validate_session', ARRAY['text', 'text'], 'anon', ARRAY[]::text[]);

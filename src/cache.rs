@@ -1,15 +1,22 @@
 //! Catalog facts the hot path needs on every call, kept per backend and dropped as soon as
 //! PostgreSQL reports a change to the catalogs they come from (the same invalidation callbacks
-//! PostgreSQL's own caches use), so they are never stale.
+//! PostgreSQL's own caches use).
+//!
+//! A backend hears of other backends' changes only when it processes invalidation messages,
+//! which taking a lock does. So a cached fact is used only through [`locked`], which takes the
+//! locks first and looks again when they brought news, as `RangeVarGetRelidExtended` does for a
+//! name: facts read before the lock could name an index `REINDEX CONCURRENTLY` has since
+//! replaced, or a row type `ALTER TYPE` has since widened.
 
 use crate::internals;
-use crate::schema::SESSION_INFO;
-use pgrx::{pg_guard, pg_sys};
+use crate::schema::{AUDIT_TYPES, NEW_SESSION_TYPES, SESSION_INFO, SESSION_TYPES};
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::{pg_guard, PgLogLevel, PgSqlErrorCode};
 use std::cell::Cell;
 use std::ffi::CStr;
 
 /// The relations the API reads and writes directly, not through SQL.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relations {
     pub table: pg_sys::Oid,
     pub audit_table: pg_sys::Oid,
@@ -23,8 +30,11 @@ pub struct Relations {
     pub audit_id_sequence: pg_sys::Oid,
     pub info_type: pg_sys::Oid,
     pub new_session_type: pg_sys::Oid,
-    info_relation: pg_sys::Oid,
-    new_session_relation: pg_sys::Oid,
+    /// The relations behind the two row types, which `ALTER TYPE` locks.
+    pub info_relation: pg_sys::Oid,
+    pub new_session_relation: pg_sys::Oid,
+    /// The extension's owner (the owner of its table), as whom the API does its work.
+    pub owner: pg_sys::Oid,
 }
 
 thread_local! {
@@ -33,47 +43,120 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// session_ext's tables, indexes and result types, looked up once per backend.
-pub fn relations() -> Relations {
+/// session_ext's relations, with the locks `locks` names taken (kept to the end of the
+/// transaction, as the executor keeps them): the facts returned are those of the locked
+/// relations. Raises 55000 when the objects no longer have the shape the code relies on.
+pub fn locked<const N: usize>(locks: impl Fn(&Relations) -> [(pg_sys::Oid, u32); N]) -> Relations {
+    loop {
+        // SAFETY: a backend-global counter of processed invalidation messages.
+        let before = unsafe { pg_sys::SharedInvalidMessageCounter };
+        let relations = relations();
+        for (relation, mode) in locks(&relations) {
+            // SAFETY: inside a transaction; locking an oid whose relation was dropped since is
+            // harmless (the lock is released at the end of the transaction, the loop looks again).
+            unsafe { pg_sys::LockRelationOid(relation, mode as _) };
+        }
+        // SAFETY: as above.
+        let after = unsafe { pg_sys::SharedInvalidMessageCounter };
+        if after == before || RELATIONS.get() == Some(relations) {
+            return relations;
+        }
+    }
+}
+
+/// session_ext's tables, indexes and result types, looked up once per backend (and again after
+/// a change), with their shape checked. Use [`locked`] before relying on them.
+fn relations() -> Relations {
     watch();
     if let Some(relations) = RELATIONS.get() {
         return relations;
     }
-    // SAFETY: catalog lookups by name inside a transaction; the extension's objects exist while
-    // its functions do.
+    // SAFETY: catalog lookups by name inside a transaction.
     let relations = unsafe {
         let namespace = pg_sys::get_namespace_oid(c"session_ext".as_ptr(), false);
-        let relid = |name: &CStr| pg_sys::get_relname_relid(name.as_ptr(), namespace);
+        let relid = |name: &CStr| {
+            let oid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
+            if oid == pg_sys::InvalidOid {
+                altered(format!("session_ext.{} does not exist.", name.to_string_lossy()));
+            }
+            oid
+        };
+        let table = relid(c"user_sessions");
+        let audit_table = relid(c"session_audit_log");
         let info_relation = relid(c"session_info");
         let new_session_relation = relid(c"new_session");
-        let info_type = pg_sys::get_rel_type_id(info_relation);
-        // heap_form_tuple takes one value per field (dropped ones included): the lookup fills
-        // exactly the fields it knows.
-        let info_desc = pg_sys::lookup_rowtype_tupdesc(info_type, -1);
-        let info_fields = (*info_desc).natts as usize;
-        pg_sys::DecrTupleDescRefCount(info_desc);
-        assert_eq!(
-            info_fields,
-            SESSION_INFO.len(),
-            "session_ext.session_info has the fields of SESSION_INFO"
-        );
-        let audit_table = relid(c"session_audit_log");
+        let session_info_types = SESSION_INFO.map(|column| SESSION_TYPES[column - 1]);
+        check_shape(table, "the table session_ext.user_sessions", &SESSION_TYPES, false);
+        check_shape(audit_table, "the table session_ext.session_audit_log", &AUDIT_TYPES, false);
+        check_shape(info_relation, "the type session_ext.session_info", &session_info_types, true);
+        check_shape(new_session_relation, "the type session_ext.new_session", &NEW_SESSION_TYPES, true);
         Relations {
-            table: relid(c"user_sessions"),
+            table,
             audit_table,
             token_index: relid(c"user_sessions_token_hash_key"),
             valid_until_index: relid(c"user_sessions_valid_until_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
             audit_id_sequence: internals::identity_sequence(audit_table, 1),
-            info_type,
+            info_type: pg_sys::get_rel_type_id(info_relation),
             new_session_type: pg_sys::get_rel_type_id(new_session_relation),
             info_relation,
             new_session_relation,
+            owner: owner_and_attributes(table).0,
         }
     };
     RELATIONS.set(Some(relations));
     relations
+}
+
+/// Raises 55000 unless the first attributes of `relation` have exactly `types` (a table may
+/// have more columns after them; a row type, which the code forms whole, may not).
+///
+/// # Safety
+/// Inside a transaction; `relation` exists.
+unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact: bool) {
+    let changed = types.iter().enumerate().find_map(|(i, expected)| {
+        // SAFETY: the caller's contract; a dropped attribute has no type (InvalidOid).
+        let found = unsafe { pg_sys::get_atttype(relation, (i + 1) as _) };
+        (found != expected.value()).then_some(i + 1)
+    });
+    // SAFETY: the caller's contract.
+    let (_, attributes) = unsafe { owner_and_attributes(relation) };
+    let problem = match changed {
+        Some(attnum) => format!("Attribute {attnum} of {what} was dropped or changed its type."),
+        None if exact && attributes != types.len() => {
+            format!("{what} has {attributes} attributes (dropped ones included), not {}.", types.len())
+        }
+        None => return,
+    };
+    altered(problem)
+}
+
+fn altered(detail: String) -> ! {
+    pgrx::ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "session_ext's objects were altered",
+        detail
+    );
+    unreachable!("an ERROR report does not return")
+}
+
+/// A relation's owner and its number of attributes (dropped ones included), from pg_class.
+///
+/// # Safety
+/// Inside a transaction; `relation` exists.
+unsafe fn owner_and_attributes(relation: pg_sys::Oid) -> (pg_sys::Oid, usize) {
+    // SAFETY: the caller's contract; the tuple is released before returning.
+    unsafe {
+        let tuple =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as _, pg_sys::Datum::from(relation));
+        assert!(!tuple.is_null(), "relation {relation:?} exists");
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple);
+        let found = (form.relowner, form.relnatts as usize);
+        pg_sys::ReleaseSysCache(tuple);
+        found
+    }
 }
 
 /// Whether `role` is an admin, decided by `decide` once until roles or memberships change.

@@ -1,8 +1,9 @@
 //! SQL run by the API: statements prepared once per backend and kept, and the helpers that
 //! read their results.
 //!
-//! The functions run as `SECURITY DEFINER` with `search_path = pg_catalog, pg_temp`, and every
-//! statement qualifies the objects it names, so a plan never resolves to a caller's object.
+//! Every statement qualifies the objects it names and runs under a pinned
+//! `search_path = pg_catalog, pg_temp` (`definer::pin_search_path`), so neither its plan nor a
+//! replan resolves a name or an operator to a caller's object.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
@@ -16,13 +17,11 @@ pub const UUID: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::UUIDOID);
 pub const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
 pub const BYTEA: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BYTEAOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBOID);
-pub const INET: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INETOID);
 pub const INTERVAL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INTERVALOID);
 pub const INT4: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT4OID);
 pub const INT8: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8OID);
 pub const BOOL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
 pub const TID_ARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TIDARRAYOID);
-pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TIMESTAMPTZOID);
 
 /// One statement of the API, planned on first use in a backend and then reused.
 pub struct Statement {
@@ -69,6 +68,7 @@ impl Statement {
         client: &SpiClient<'conn>,
         args: &[DatumWithOid<'_>],
     ) -> SpiTupleTable<'conn> {
+        crate::definer::pin_search_path();
         let plan = self.plan(client);
         (&*plan).execute(client, None, args).unwrap_or_else(|e| panic!("running {:?}: {e}", self.sql))
     }

@@ -131,7 +131,9 @@ struct AuditRow {
 impl AuditRow {
     /// Inserts the row, its id the next of the identity column's sequence.
     fn write(self, client: &SpiClient<'_>) {
-        let sequence = crate::cache::relations().audit_id_sequence;
+        // The table first: the sequence is a fact about it (ALTER TABLE can replace it).
+        let sequence =
+            crate::cache::locked(|r| [(r.audit_table, pg_sys::RowExclusiveLock)]).audit_id_sequence;
         // SAFETY: nextval of an existing sequence, which the extension's owner may use.
         let id = unsafe {
             pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[Some(pg_sys::Datum::from(sequence))])

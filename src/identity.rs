@@ -1,6 +1,8 @@
-//! Who is calling (SPEC §3): the user id from the JWT claims PostgREST sets, and the role in
-//! effect outside the definer function, which decides admin rights.
+//! Who is calling (SPEC §3): the user id from the JWT claims PostgREST sets, and the role that
+//! called the API function (`current_user` at the call, see `definer`), which decides admin
+//! rights.
 
+use crate::definer;
 use crate::errors::{boundary, excerpt, ApiError, ApiResult};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
@@ -22,7 +24,6 @@ const ADMIN_ROLE: &CStr = c"session_ext_admin";
 
 /// The caller's user id: `sub` of `request.jwt.claims`, else the legacy `request.jwt.claim.sub`.
 #[pg_extern(stable, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
 fn current_user_id() -> Option<Uuid> {
     boundary(claimed_user_id)
 }
@@ -122,7 +123,7 @@ impl Scope {
         )
         .detail(format!(
             "Role \"{}\" may act only on the sessions of its own user id.",
-            role_name(outer_role())
+            role_name(definer::caller())
         ))
         .hint("Members of session_ext_admin (and superusers and BYPASSRLS roles) may act for any user."))
     }
@@ -130,7 +131,7 @@ impl Scope {
 
 /// The caller's rights, decided once per call.
 pub fn scope() -> ApiResult<Scope> {
-    if is_admin(outer_role()) {
+    if is_admin(definer::caller()) {
         Ok(Scope::All)
     } else {
         require_user().map(Scope::User)
@@ -139,7 +140,7 @@ pub fn scope() -> ApiResult<Scope> {
 
 /// 42501 unless the caller is an admin: for functions that act on every user at once.
 pub fn require_admin(function: &str) -> ApiResult<()> {
-    let role = outer_role();
+    let role = definer::caller();
     if is_admin(role) {
         return Ok(());
     }
@@ -160,17 +161,10 @@ pub fn require_user() -> ApiResult<Uuid> {
     })
 }
 
-/// Who acts, for the audit log: the outer role's name and, when the request carries one
+/// Who acts, for the audit log: the calling role's name and, when the request carries one
 /// readable user id, that id.
 pub fn actor() -> (String, Option<Uuid>) {
-    (role_name(outer_role()), claimed_user_id().ok().flatten())
-}
-
-/// The role in effect outside this SECURITY DEFINER call: what SET ROLE or
-/// `set_config('role', ...)` chose, else the login role. Never the function's owner.
-fn outer_role() -> pg_sys::Oid {
-    // SAFETY: reads a backend-global that is always set once the session is authenticated.
-    unsafe { pg_sys::GetOuterUserId() }
+    (role_name(definer::caller()), claimed_user_id().ok().flatten())
 }
 
 /// Admin = superuser, BYPASSRLS, or a member (with inherited privileges) of session_ext_admin.
@@ -201,7 +195,7 @@ pub fn role_name(role: pg_sys::Oid) -> String {
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use crate::testing::{act_as_user, count, ALICE};
+    use crate::testing::{act_as_user, count, ALICE, BOB};
     use pgrx::prelude::*;
 
     fn current_user_id() -> Option<String> {
@@ -231,7 +225,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn the_outer_role_decides_admin_rights() {
+    fn the_calling_role_decides_admin_rights() {
         // Superuser: admin.
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0);
         Spi::run(
@@ -246,6 +240,24 @@ mod tests {
             assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0, "{role}");
             Spi::run("RESET ROLE").unwrap();
         }
+    }
+
+    /// An admin calling a non-admin's SECURITY DEFINER function lends it no rights: inside it,
+    /// the caller is the function's owner (SPEC §3), who may act only for its own user.
+    #[pg_test(error = "permission denied for the sessions of another user")]
+    fn an_admin_calling_a_non_admins_definer_function_lends_it_nothing() {
+        Spi::run(&format!(
+            "CREATE ROLE mallory NOLOGIN IN ROLE session_ext_user;
+             GRANT CREATE ON SCHEMA public TO mallory;
+             SET LOCAL ROLE mallory;
+             CREATE FUNCTION public.mint() RETURNS text LANGUAGE sql SECURITY DEFINER AS
+               $$ SELECT (session_ext.create_user_session(user_id => '{BOB}', session_data => '{{}}')).token $$;
+             RESET ROLE;
+             SELECT set_config('request.jwt.claims', '{{\"sub\":\"{ALICE}\"}}', true);"
+        ))
+        .unwrap();
+        // The superuser, an admin, calls it.
+        Spi::run("SELECT public.mint()").unwrap();
     }
 
     #[pg_test(error = "permission denied for cleanup_expired_sessions")]

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod api;
 mod cache;
 mod db;
+mod definer;
 mod errors;
 mod events;
 mod identity;

@@ -4,10 +4,11 @@
 //! one-row INSERT through SPI would also revalidate a plan and start and end an executor for it.
 
 use crate::cache::Relations;
-use crate::db::{Statement, BYTEA, INET, INT8, INTERVAL, JSONB, TEXT, TIMESTAMPTZ, UUID};
+use crate::db::Statement;
 use crate::internals;
+use crate::schema::{AUDIT_TYPES, SESSION_TYPES};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
-use pgrx::pg_sys::{self, PgOid};
+use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use pgrx::{PgBox, PgMemoryContexts};
 
@@ -27,28 +28,6 @@ macro_rules! insert_session {
     };
 }
 
-static SESSION_TYPES: [PgOid; 19] = [
-    UUID,
-    UUID,
-    TEXT,
-    BYTEA,
-    BYTEA,
-    TIMESTAMPTZ,
-    JSONB,
-    INT8,
-    TEXT,
-    TEXT,
-    INET,
-    BYTEA,
-    TIMESTAMPTZ,
-    TIMESTAMPTZ,
-    TIMESTAMPTZ,
-    INTERVAL,
-    TIMESTAMPTZ,
-    TIMESTAMPTZ,
-    TEXT,
-];
-
 pub static SESSIONS: Table =
     Table { relation: |r| r.table, by_executor: Statement::new(insert_session!(), &SESSION_TYPES) };
 
@@ -62,7 +41,7 @@ pub static AUDIT_LOG: Table = Table {
     relation: |r| r.audit_table,
     by_executor: Statement::new(
         "INSERT INTO session_ext.session_audit_log OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[INT8, TIMESTAMPTZ, TEXT, UUID, UUID, TEXT, UUID, INET, JSONB],
+        &AUDIT_TYPES,
     ),
 };
 
@@ -74,29 +53,28 @@ pub fn now() -> TimestampWithTimeZone {
 }
 
 impl Table {
-    /// Inserts `row`: one value per column, in column order. Where the executor would do more
-    /// than store the row ([`executor_only`]), the row goes through it. Refused in a read-only
-    /// transaction with 25006, as the executor refuses an INSERT.
+    /// Inserts `row`: one value per column, in column order. Below the executor only where it
+    /// would do nothing more than store the row ([`direct_write`]) and the table has exactly
+    /// these columns; otherwise through the executor, which also fills the defaults of columns
+    /// someone added. Refused in a read-only transaction with 25006, as the executor refuses an
+    /// INSERT.
     pub fn insert(&'static self, client: &SpiClient<'_>, row: &[DatumWithOid<'_>]) {
-        let oid = (self.relation)(&crate::cache::relations());
-        // SAFETY: the table is opened with the lock INSERT takes (kept to the end of the
-        // transaction) and closed before returning; every executor object made here lives in
-        // the executor state's memory, freed before returning. Errors unwind as PostgreSQL's.
+        let oid =
+            (self.relation)(&crate::cache::locked(|r| [((self.relation)(r), pg_sys::RowExclusiveLock)]));
+        // SAFETY: the table is locked as INSERT locks it (to the end of the transaction), its
+        // first columns have the row's types (`cache::locked` checks the shape), and it is
+        // closed before returning; every executor object made here lives in the executor
+        // state's memory, freed before returning. Errors unwind as PostgreSQL's.
         unsafe {
-            let relation = pg_sys::table_open(oid, pg_sys::RowExclusiveLock as _);
-            if executor_only(relation) {
+            let relation = pg_sys::table_open(oid, pg_sys::NoLock as _);
+            let desc = (*relation).rd_att;
+            if !direct_write(relation, pg_sys::ACL_INSERT) || (*desc).natts as usize != row.len() {
                 pg_sys::table_close(relation, pg_sys::NoLock as _);
                 self.by_executor.count(client, row);
                 return;
             }
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
-            let desc = (*relation).rd_att;
-            let columns = internals::attribute_types(desc);
-            assert!(
-                columns.len() == row.len() && columns.iter().zip(row).all(|(c, v)| *c == v.oid()),
-                "one value per column of {oid:?}, of the column's type"
-            );
             let estate = pg_sys::CreateExecutorState();
             // An error here aborts the (sub)transaction, and PostgreSQL's abort restores the
             // current memory context, as after any error.
@@ -128,21 +106,46 @@ impl Table {
     }
 }
 
-/// Whether writing to `relation` must go through the executor, because it would do more than
-/// store the row: run triggers or rules someone added (a cascading foreign key, an audit
-/// trigger), or apply row-level security, which binds the functions' owner only when it is
-/// neither a superuser nor BYPASSRLS.
+/// Whether a write of kind `privilege` (`ACL_INSERT`, `ACL_DELETE`) to `relation` may be made
+/// below the executor: only when the executor would do nothing more than make it. That is, when
+/// the current user holds the privilege on the whole table (the executor's own check, which
+/// also accepts column privileges, then decides), and the executor would not run triggers or
+/// rules someone added (a cascading foreign key, an audit trigger), nor apply row-level
+/// security, which binds the extension's owner only when it is neither a superuser nor
+/// BYPASSRLS.
 ///
 /// # Safety
 /// `relation` is open.
-pub unsafe fn executor_only(relation: pg_sys::Relation) -> bool {
-    // SAFETY: the caller's contract; check_enable_rls reads the catalogs.
+pub unsafe fn direct_write(relation: pg_sys::Relation, privilege: u32) -> bool {
+    // SAFETY: the caller's contract; the checks read the catalogs.
     unsafe {
         let form = &*(*relation).rd_rel;
-        form.relhastriggers
-            || form.relhasrules
-            || pg_sys::check_enable_rls(form.oid, pg_sys::InvalidOid, true)
-                == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        !form.relhastriggers
+            && !form.relhasrules
+            && pg_sys::pg_class_aclcheck(form.oid, pg_sys::GetUserId(), privilege as _)
+                == pg_sys::AclResult::ACLCHECK_OK
+            && pg_sys::check_enable_rls(form.oid, pg_sys::InvalidOid, true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Raises "permission denied for table" (42501) unless the current user may read every column
+/// of `table`, as the executor checks a query that reads them all.
+pub fn require_select(table: pg_sys::Oid) {
+    // SAFETY: catalog reads inside a transaction; the error is PostgreSQL's own.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        let select = pg_sys::ACL_SELECT as pg_sys::AclMode;
+        if pg_sys::pg_class_aclcheck(table, user, select) != pg_sys::AclResult::ACLCHECK_OK
+            && pg_sys::pg_attribute_aclcheck_all(table, user, select, pg_sys::AclMaskHow::ACLMASK_ALL)
+                != pg_sys::AclResult::ACLCHECK_OK
+        {
+            pg_sys::aclcheck_error(
+                pg_sys::AclResult::ACLCHECK_NO_PRIV,
+                pg_sys::ObjectType::OBJECT_TABLE,
+                pg_sys::get_rel_name(table),
+            );
+        }
     }
 }
 
@@ -226,11 +229,74 @@ mod tests {
         Spi::run(
             "CREATE ROLE plain_owner NOLOGIN;
              GRANT USAGE ON SCHEMA session_ext TO plain_owner;
-             GRANT INSERT ON session_ext.user_sessions TO plain_owner;
-             ALTER FUNCTION session_ext.create_user_session(uuid, json, interval, interval, text, text, inet, text)
-               OWNER TO plain_owner;",
+             ALTER TABLE session_ext.user_sessions OWNER TO plain_owner;",
         )
         .unwrap();
         create(ALICE, "");
+    }
+
+    /// Makes a BYPASSRLS role that is no superuser the extension's owner (the owner of its
+    /// table), then takes `privilege` on the table away from it: nothing but the privilege
+    /// check would then stop a write below the executor.
+    fn owner_without(privilege: &str) {
+        Spi::run(&format!(
+            "CREATE ROLE bypass_owner NOLOGIN BYPASSRLS;
+             GRANT USAGE ON SCHEMA session_ext TO bypass_owner;
+             GRANT ALL ON session_ext.session_audit_log, session_ext.session_audit_log_id_seq TO bypass_owner;
+             ALTER TABLE session_ext.user_sessions OWNER TO bypass_owner;
+             REVOKE {privilege} ON session_ext.user_sessions FROM bypass_owner;"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test(error = "permission denied for table user_sessions")]
+    fn an_owner_without_insert_creates_nothing() {
+        owner_without("INSERT");
+        create(ALICE, "");
+    }
+
+    #[pg_test(error = "permission denied for table user_sessions")]
+    fn an_owner_without_delete_cleans_nothing() {
+        let (id, _) = create(ALICE, "");
+        Spi::run(&format!(
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}'"
+        ))
+        .unwrap();
+        owner_without("DELETE");
+        count("SELECT session_ext.cleanup_expired_sessions()");
+    }
+
+    #[pg_test(error = "permission denied for table user_sessions")]
+    fn an_owner_without_select_validates_nothing() {
+        let (_, token) = create(ALICE, "");
+        owner_without("SELECT");
+        Spi::run(&format!("SELECT session_ext.validate_session('{token}')")).unwrap();
+    }
+
+    /// Columns someone added to the tables (and dropped again) are no reason to fail: the rows
+    /// then go through the executor, which fills the defaults.
+    #[pg_test]
+    fn columns_added_and_dropped_again_leave_creation_and_auditing_working() {
+        let tables = ["session_ext.user_sessions", "session_ext.session_audit_log"];
+        for table in tables {
+            Spi::run(&format!("ALTER TABLE {table} ADD COLUMN note text DEFAULT 'added'")).unwrap();
+        }
+        let (id, _) = create(ALICE, "");
+        let noted = format!(
+            "SELECT count(*) FROM session_ext.user_sessions s JOIN session_ext.session_audit_log a
+                 ON a.session_id = s.id AND a.event = 'create'
+              WHERE s.id = '{id}' AND s.note = 'added' AND a.note = 'added'"
+        );
+        assert_eq!(count(&noted), 1);
+        for table in tables {
+            Spi::run(&format!("ALTER TABLE {table} DROP COLUMN note")).unwrap();
+        }
+        let (id, token) = create(ALICE, "");
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM session_ext.session_audit_log WHERE session_id = '{id}'")),
+            1
+        );
+        let validated = format!("SELECT (session_ext.validate_session('{token}')).id = '{id}'");
+        assert_eq!(Spi::get_one::<bool>(&validated).unwrap(), Some(true));
     }
 }

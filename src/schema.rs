@@ -1,5 +1,50 @@
-//! The layout of session_ext's table and result type as `sql/schema.sql` declares them: the
-//! attribute numbers the code that bypasses SQL reads by, held to the catalog by a test.
+//! The layout of session_ext's tables and result types as `sql/schema.sql` declares them: the
+//! attribute numbers and types the code that bypasses SQL reads and writes by, held to the
+//! catalog by a test, and checked again against the live catalog whenever it is read
+//! (`cache::relations`), since anyone who owns the objects can alter them.
+
+use pgrx::pg_sys::{BuiltinOid, PgOid};
+
+const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
+const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
+const BYTEA: PgOid = PgOid::BuiltIn(BuiltinOid::BYTEAOID);
+const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);
+const INET: PgOid = PgOid::BuiltIn(BuiltinOid::INETOID);
+const INTERVAL: PgOid = PgOid::BuiltIn(BuiltinOid::INTERVALOID);
+const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
+const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZOID);
+
+/// The types of the columns of `session_ext.user_sessions`, in column order.
+pub static SESSION_TYPES: [PgOid; 19] = [
+    UUID,
+    UUID,
+    TEXT,
+    BYTEA,
+    BYTEA,
+    TIMESTAMPTZ,
+    JSONB,
+    INT8,
+    TEXT,
+    TEXT,
+    INET,
+    BYTEA,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    INTERVAL,
+    TIMESTAMPTZ,
+    TIMESTAMPTZ,
+    TEXT,
+];
+
+/// The types of the columns of `session_ext.session_audit_log`, in column order.
+pub static AUDIT_TYPES: [PgOid; 9] = [INT8, TIMESTAMPTZ, TEXT, UUID, UUID, TEXT, UUID, INET, JSONB];
+
+/// The types of the fields of `session_ext.new_session` (id, session_id, token, expires_at).
+pub static NEW_SESSION_TYPES: [PgOid; 4] = [UUID, TEXT, TEXT, TIMESTAMPTZ];
+
+/// `occurred_at` of `session_ext.session_audit_log`.
+pub const AUDIT_OCCURRED_AT: usize = 2;
 
 /// Attribute numbers of `session_ext.user_sessions`, in the order of sql/schema.sql (a test
 /// holds them to the catalog).

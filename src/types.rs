@@ -56,7 +56,8 @@ impl NewSession {
     /// The `session_ext.new_session` composite: the only place a token is ever returned.
     pub fn new(id: Uuid, session_id: String, token: String, expires_at: TimestampWithTimeZone) -> NewSession {
         let fields = [id.into_datum(), session_id.into_datum(), token.into_datum(), expires_at.into_datum()];
-        NewSession(form_composite(crate::cache::relations().new_session_type, fields))
+        let relations = crate::cache::locked(|r| [(r.new_session_relation, pg_sys::AccessShareLock)]);
+        NewSession(form_composite(relations.new_session_type, fields))
     }
 }
 

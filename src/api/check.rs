@@ -3,7 +3,7 @@
 
 use super::{active, args, lookup, on_own_session, on_session, replayed, revoke, session_info_row, Subject};
 use crate::db::{Columns, Statement, BYTEA, INTERVAL, UUID};
-use crate::errors::boundary;
+use crate::definer;
 use crate::events::{self, Event};
 use crate::identity::{self, Scope};
 use crate::settings;
@@ -22,10 +22,9 @@ static ACTIVE_BY_ID: Statement = Statement::stable(
 
 /// True only for a session that exists, is not revoked, and has neither expired nor idled out.
 /// Unknown ids, and for non-admins other users' sessions, are simply false.
-#[pg_extern(stable, parallel_restricted, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(stable, parallel_restricted)]
 fn is_session_active(session_id: Option<Uuid>) -> bool {
-    boundary(|| {
+    definer::as_owner(|| {
         on_session(session_id, "session_id", |client, id, scope| {
             let found =
                 ACTIVE_BY_ID.one(client, &[id.into()]).map(|row| (row.col::<Uuid>(1), row.col::<bool>(2)));
@@ -41,10 +40,9 @@ static INFO_BY_ID: Statement = Statement::stable(
 
 /// A session by id, whatever its state (revoked and expired ones show why), without secrets.
 /// NULL for an unknown id.
-#[pg_extern(stable, parallel_restricted, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(stable, parallel_restricted)]
 fn get_session(session_id: Option<Uuid>) -> Option<SessionInfo> {
-    boundary(|| {
+    definer::as_owner(|| {
         on_session(session_id, "session_id", |client, id, scope| {
             let Some(row) = INFO_BY_ID.one(client, &[id.into()]) else { return Ok(None) };
             scope.authorize(row.col(1).expect("user_id is NOT NULL"))?;
@@ -67,10 +65,9 @@ static TOUCH_NOW: Statement = Statement::new(
 
 /// Records activity on an active session now, whatever `touch_interval` says; returns the new
 /// `last_active_at`, or NULL for a session that is unknown or no longer active.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn touch_session(session_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
-    boundary(|| {
+    definer::as_owner(|| {
         on_own_session(session_id, "session_id", None, |client, id, _| {
             TOUCH_NOW.one(client, &[id.into()]).and_then(|row| row.col(1))
         })
@@ -105,13 +102,12 @@ static ROTATED_AWAY: Statement = Statement::new(
 /// The session a bearer token belongs to, or NULL. Activity is recorded at most once per
 /// `session_ext.touch_interval`. In a read-only transaction (hot standby, a PostgREST GET)
 /// nothing is written: no activity, no audit row, no revocation.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn validate_session(
     session_token: Option<&str>,
     fingerprint: default!(Option<&str>, "NULL"),
 ) -> Option<SessionInfo> {
-    boundary(|| {
+    definer::as_owner(|| {
         let token = args::session_token(session_token, "session_token")?;
         let fingerprint = args::optional_text(fingerprint, "fingerprint")?;
         let scope = identity::scope()?;
@@ -155,9 +151,12 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
                 .one(client, &[live.id.into(), settings::touch_interval().into()])
                 .and_then(|row| row.varlena(1))
         });
-        if let Some(info) = touched {
-            return Some(SessionInfo(info));
-        }
+        // Matching nothing means another transaction wrote first: a validation that touched
+        // it (the session is live), or a revocation (it is not). A fresh look tells which.
+        return match touched {
+            Some(info) => Some(SessionInfo(info)),
+            None => lookup::live_by_token(&hash).map(|live| SessionInfo(live.info)),
+        };
     }
     Some(SessionInfo(live.info))
 }
@@ -242,6 +241,21 @@ mod tests {
         assert!(!is_active(&absolute) && !validates(&absolute_token, "NULL"));
         assert!(!is_active(&idle) && !validates(&idle_token, "NULL"));
         assert!(is_active(&live) && validates(&live_token, "NULL"));
+    }
+
+    /// validate_session reads as a statement of a VOLATILE function does: after the
+    /// transaction's earlier commands, even those of the statement calling it.
+    #[pg_test]
+    fn a_session_revoked_earlier_in_the_same_statement_does_not_validate() {
+        for last_active in ["now()", "now() - interval '10 min'"] {
+            let (id, token) = create(ALICE, "");
+            set(&id, &format!("last_active_at = {last_active}"));
+            let sql = format!(
+                "WITH r AS MATERIALIZED (SELECT session_ext.revoke_session('{id}'))
+                 SELECT (session_ext.validate_session('{token}')).id IS NOT NULL FROM r"
+            );
+            assert_eq!(Spi::get_one::<bool>(&sql).unwrap(), Some(false), "last active {last_active}");
+        }
     }
 
     #[pg_test]

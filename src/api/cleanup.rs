@@ -1,10 +1,13 @@
 //! `cleanup_expired_sessions` (SPEC §4 "Maintenance"): deletes what can no longer validate, and
 //! audit rows past their retention, in short batches that skip rows other transactions hold.
 
+use crate::cache::Relations;
 use crate::db::{Statement, TID_ARRAY};
-use crate::errors::{boundary, ApiError};
+use crate::definer;
+use crate::errors::ApiError;
 use crate::events::{self, Event};
 use crate::identity;
+use crate::schema::{column, AUDIT_OCCURRED_AT};
 use crate::settings::{self, MAX_BATCH_SIZE};
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -35,10 +38,10 @@ static DELETE_SESSIONS: Statement = delete_by_executor!("session_ext.user_sessio
 static DELETE_AUDIT_ROWS: Statement = delete_by_executor!("session_ext.session_audit_log");
 
 /// Deletes the rows at `tids` that no other transaction holds (a row locked or changed since it
-/// was picked is left for a later run), and returns how many it deleted. Unless the table needs
-/// the executor ([`crate::rows::executor_only`]), each row is deleted as the executor would,
-/// minus the row lock that FOR UPDATE SKIP LOCKED would write first: one WAL record per row
-/// instead of two.
+/// was picked is left for a later run), and returns how many it deleted. Where the executor
+/// would do nothing more ([`crate::rows::direct_write`]), each row is deleted as the executor
+/// would, minus the row lock that FOR UPDATE SKIP LOCKED would write first: one WAL record per
+/// row instead of two.
 fn delete_unheld(
     client: &SpiClient<'_>,
     table: pg_sys::Oid,
@@ -49,14 +52,17 @@ fn delete_unheld(
     // standby): refuse here, with 25006.
     // SAFETY: raises a PostgreSQL error, or returns.
     unsafe { pg_sys::PreventCommandIfReadOnly(c"cleanup_expired_sessions()".as_ptr()) };
-    // SAFETY: the table is opened with the lock DELETE takes and closed before returning; each
-    // tid comes from this transaction's snapshot of the same table. The deletions run inside
-    // one error trap and call PostgreSQL only through `internals::untrapped`.
+    // SAFETY: the table was locked as DELETE locks it by `Pass::walk`, and is closed before
+    // returning; each tid comes from this transaction's snapshot of the same table. The
+    // deletions run inside one error trap and call PostgreSQL only through `internals::untrapped`.
     unsafe {
-        let relation = pg_sys::table_open(table, pg_sys::RowExclusiveLock as _);
-        let deleted = if crate::rows::executor_only(relation) {
+        let relation = pg_sys::table_open(table, pg_sys::NoLock as _);
+        let deleted = if !crate::rows::direct_write(relation, pg_sys::ACL_DELETE) {
             by_executor.count(client, &[tids.to_vec().into()])
         } else {
+            // As the executor checks every DELETE: a table that publishes deletes needs a
+            // replica identity, or subscribers would never hear of them.
+            pg_sys::CheckCmdReplicaIdentity(relation, pg_sys::CmdType::CMD_DELETE);
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 use crate::internals::untrapped::*;
                 let command = GetCurrentCommandId(true);
@@ -118,16 +124,12 @@ pub enum Pass {
     Audit,
 }
 
-/// `occurred_at` of `session_ext.session_audit_log`.
-const AUDIT_OCCURRED_AT: usize = 2;
-
 impl Pass {
     pub const ALL: [Pass; 3] = [Pass::Expired, Pass::Revoked, Pass::Audit];
 
+    /// The pass's relations, its table locked as DELETE locks it and its index as a scan does.
     fn walk(self) -> Walk {
-        use crate::schema::column;
-        let r = crate::cache::relations();
-        match self {
+        let build = |r: &Relations| match self {
             Pass::Expired => Walk {
                 table: r.table,
                 index: r.valid_until_index,
@@ -149,7 +151,11 @@ impl Pass {
                 uuid_ids: false,
                 by_executor: &DELETE_AUDIT_ROWS,
             },
-        }
+        };
+        build(&crate::cache::locked(|r| {
+            let walk = build(r);
+            [(walk.table, pg_sys::RowExclusiveLock), (walk.index, pg_sys::AccessShareLock)]
+        }))
     }
 
     /// How long past the row's own moment it is kept.
@@ -189,6 +195,8 @@ impl Pass {
         .expect("a timestamp");
         let batch = batch as usize;
         let mut tids = Vec::with_capacity(batch);
+        // The pick reads the table below the executor: only with the SELECT a query would need.
+        crate::rows::require_select(walk.table);
         // SAFETY: inside a transaction; `pick` calls PostgreSQL only through `untrapped` and
         // cannot panic (the vector has room for the whole batch).
         let last =
@@ -226,28 +234,32 @@ unsafe fn pick(
     use pg_sys::{BTGreaterStrategyNumber as GREATER, BTLessEqualStrategyNumber as AT_MOST};
     // SAFETY: the caller's contract. The scan keys, and the id they point to, outlive the scan.
     unsafe {
-        let table = table_open(walk.table, pg_sys::AccessShareLock as _);
-        let index = index_open(walk.index, pg_sys::AccessShareLock as _);
+        // Locked by `Pass::walk`.
+        let table = table_open(walk.table, pg_sys::NoLock as _);
+        let index = index_open(walk.index, pg_sys::NoLock as _);
         let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         let mut row: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         ScanKeyInit(&mut keys[0], 1, AT_MOST as _, pg_sys::F_TIMESTAMPTZ_LE.into(), cutoff.into());
         let mut nkeys = 1;
-        // (moment, id) > from, as the row comparison the executor would build for that clause.
+        // (moment, id) > from, as the executor builds a row comparison for btree
+        // (ExecIndexBuildScanKeys): each member compares with the opfamily's three-way
+        // comparison procedure (BTORDER_PROC), not with its boolean operator.
         if let Some((moment, id)) = &mut from.0 {
-            let (procedure, argument) = match id {
-                Id::Uuid(bytes) => (pg_sys::F_UUID_GT, pg_sys::Datum::from(bytes.as_mut_ptr())),
-                Id::Int(n) => (pg_sys::F_INT8GT, pg_sys::Datum::from(*n)),
+            let (procedure, id_type, argument) = match id {
+                Id::Uuid(bytes) => {
+                    (pg_sys::F_UUID_CMP, pg_sys::UUIDOID, pg_sys::Datum::from(bytes.as_mut_ptr()))
+                }
+                Id::Int(n) => (pg_sys::F_BTINT8CMP, pg_sys::INT8OID, pg_sys::Datum::from(*n)),
             };
-            let none = pg_sys::InvalidOid;
             let member = pg_sys::SK_ROW_MEMBER as i32;
             ScanKeyEntryInitialize(
                 &mut row[0],
                 member,
                 1,
                 GREATER as _,
-                none,
-                none,
-                pg_sys::F_TIMESTAMPTZ_GT.into(),
+                pg_sys::TIMESTAMPTZOID,
+                pg_sys::InvalidOid,
+                pg_sys::F_TIMESTAMPTZ_CMP.into(),
                 (*moment).into(),
             );
             ScanKeyEntryInitialize(
@@ -255,8 +267,8 @@ unsafe fn pick(
                 member | pg_sys::SK_ROW_END as i32,
                 2,
                 GREATER as _,
-                none,
-                none,
+                id_type,
+                pg_sys::InvalidOid,
                 procedure.into(),
                 argument,
             );
@@ -329,10 +341,9 @@ pub fn run_passes(batch: i32, mut run: impl FnMut(Pass, &mut Cursor) -> Batch) -
 /// Deletes sessions past `expires_at` or their idle timeout, revoked sessions older than
 /// `session_ext.revoked_retention`, and audit rows older than `session_ext.audit_retention`.
 /// Returns how many sessions were deleted. Admins only.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn cleanup_expired_sessions(batch_size: default!(Option<i32>, "NULL")) -> i64 {
-    boundary(|| {
+    definer::as_owner(|| {
         let batch = match batch_size {
             None => settings::CLEANUP_BATCH_SIZE.get(),
             Some(n) if (1..=MAX_BATCH_SIZE).contains(&n) => n,
@@ -438,6 +449,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(left.as_deref(), Some("10,10,5"), "batches of 10, 10 and 5; the 25 old audit rows pruned");
+    }
+
+    /// As the executor refuses a DELETE from a table that publishes deletes without a replica
+    /// identity (subscribers could not apply it), cleanup refuses to delete from it.
+    #[pg_test(
+        error = "cannot delete from table \"user_sessions\" because it does not have a replica identity and publishes deletes"
+    )]
+    fn a_table_that_publishes_deletes_without_a_replica_identity_is_refused() {
+        let (id, _) = create(ALICE, "");
+        Spi::run(&format!(
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';
+             CREATE PUBLICATION sessions FOR TABLE session_ext.user_sessions;
+             ALTER TABLE session_ext.user_sessions REPLICA IDENTITY NOTHING;"
+        ))
+        .unwrap();
+        count("SELECT session_ext.cleanup_expired_sessions()");
     }
 
     #[pg_test]

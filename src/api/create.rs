@@ -5,7 +5,8 @@
 
 use super::{args, limits};
 use crate::db::{self, JSONB};
-use crate::errors::{boundary, excerpt, ApiError, ApiResult};
+use crate::definer;
+use crate::errors::{excerpt, ApiError, ApiResult};
 use crate::events::{self, Event, Subject};
 use crate::identity;
 use crate::rows;
@@ -17,10 +18,9 @@ use pgrx::{PgSqlErrorCode, Uuid};
 use serde_json::json;
 
 /// A session for the calling user, keyed by a token the client already holds.
-#[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(name = "create_user_session", volatile, parallel_unsafe)]
 fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
-    boundary(|| {
+    definer::as_owner(|| {
         let token = args::session_token(session_token, "session_token")?;
         let user_id = identity::require_user()?;
         let row = NewRow {
@@ -46,8 +46,7 @@ macro_rules! generating_overload {
     ($(#[$attr:meta])* fn $name:ident($($leading:tt)*) => $handler:expr) => {
         $(#[$attr])*
         #[allow(clippy::too_many_arguments)] // the SQL signature: every option is a named argument
-        #[pg_extern(name = "create_user_session", volatile, parallel_unsafe, security_definer)]
-        #[search_path(pg_catalog, pg_temp)]
+        #[pg_extern(name = "create_user_session", volatile, parallel_unsafe)]
         fn $name(
             $($leading)*
             ttl: default!(Option<Interval>, "NULL"),
@@ -57,7 +56,7 @@ macro_rules! generating_overload {
             ip_address: default!(Option<Inet>, "NULL"),
             fingerprint: default!(Option<&str>, "NULL"),
         ) -> NewSession {
-            boundary(|| {
+            definer::as_owner(|| {
                 let options = Options::check(ttl, idle_timeout, device_info, user_agent, ip_address, fingerprint)?;
                 ($handler)(options)
             })

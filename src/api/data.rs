@@ -3,7 +3,8 @@
 
 use super::{active, args, on_session, Subject};
 use crate::db::{self, Columns, Statement, BOOL, JSONB, UUID};
-use crate::errors::{boundary, ApiError};
+use crate::definer;
+use crate::errors::ApiError;
 use crate::events::{self, Event};
 use crate::types::JsonbDatum;
 use pgrx::prelude::*;
@@ -35,15 +36,14 @@ static UPDATE: Statement = Statement::new(
 /// Merges `session_data` into the session's data (top-level keys; `merge => false` replaces it)
 /// and returns the new version. With `expected_version`, a session at any other version is
 /// refused with 40001. NULL for a session that does not exist or is no longer active.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn update_session_data(
     session_id: Option<Uuid>,
     session_data: Option<JsonbDatum>,
     expected_version: default!(Option<i64>, "NULL"),
     merge: default!(Option<bool>, "true"),
 ) -> Option<i64> {
-    boundary(|| {
+    definer::as_owner(|| {
         let data = args::session_data_object(session_data)?;
         if let Some(version) = expected_version.filter(|v| *v < 1) {
             return Err(ApiError::invalid_argument(

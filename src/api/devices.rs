@@ -3,7 +3,7 @@
 
 use super::{active, session_info_row, target_user};
 use crate::db::{Columns, Statement, UUID};
-use crate::errors::boundary;
+use crate::definer;
 use crate::types::SessionInfo;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -26,10 +26,9 @@ static COUNT: Statement = Statement::stable(
 
 /// The active sessions of a user (the caller's own when `user_id` is NULL), most recently
 /// active first, without secrets.
-#[pg_extern(stable, parallel_restricted, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(stable, parallel_restricted)]
 fn list_user_sessions(user_id: default!(Option<Uuid>, "NULL")) -> SetOfIterator<'static, SessionInfo> {
-    boundary(|| {
+    definer::as_owner(|| {
         let user = target_user(user_id)?;
         let mut sessions = Vec::new();
         Spi::connect(|client| {
@@ -40,10 +39,9 @@ fn list_user_sessions(user_id: default!(Option<Uuid>, "NULL")) -> SetOfIterator<
 }
 
 /// How many active sessions a user has (the caller's own when `user_id` is NULL).
-#[pg_extern(stable, parallel_restricted, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(stable, parallel_restricted)]
 fn count_user_sessions(user_id: default!(Option<Uuid>, "NULL")) -> i64 {
-    boundary(|| {
+    definer::as_owner(|| {
         let user = target_user(user_id)?;
         Ok(Spi::connect(|client| COUNT.one(client, &[user.into()]).and_then(|r| r.col(1)).unwrap_or(0)))
     })

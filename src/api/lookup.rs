@@ -1,7 +1,7 @@
 //! The hot path's token lookup, made directly on the unique index on `token_hash` instead of
-//! through SPI: no second executor, no plan, no snapshot of its own — the statement's snapshot,
-//! one index probe, one heap fetch. This is what lets `validate_session` keep up with the same
-//! lookup written as a raw query (SPEC §9).
+//! through SPI: no second executor and no plan — one index probe and one heap fetch, under the
+//! snapshot a statement of a VOLATILE function would take. This is what lets `validate_session`
+//! keep up with the same lookup written as a raw query (SPEC §9).
 
 use crate::schema::{column, SESSION_INFO};
 use crate::token::TokenHash;
@@ -30,10 +30,16 @@ struct Found {
     info: pg_sys::Datum,
 }
 
-/// The active session whose current token hashes to `hash`, as `now()` and the statement's
-/// snapshot see it: not revoked, `valid_until` still ahead.
+/// The active session whose current token hashes to `hash`, as `now()` and a fresh snapshot see
+/// it: not revoked, `valid_until` still ahead. The snapshot is taken after the transaction's
+/// earlier commands, as SPI takes one for each statement of a VOLATILE function: a session
+/// revoked earlier in the same statement (a CTE, a cursor, a loop) is seen revoked.
 pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
-    let relations = crate::cache::relations();
+    let lock = pg_sys::AccessShareLock;
+    // The row type too: it is formed from the row, and ALTER TYPE locks it to change it.
+    let relations =
+        crate::cache::locked(|r| [(r.table, lock), (r.token_index, lock), (r.info_relation, lock)]);
+    crate::rows::require_select(relations.table);
     let key = hash.as_slice().into_datum().expect("a bytea datum");
     // SAFETY: an index scan inside a transaction, following the pattern of PostgreSQL's own
     // single-row lookups; every resource opened here is closed before returning, and the locks
@@ -60,8 +66,9 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
     use crate::internals::untrapped::*;
     // SAFETY: the caller's contract.
     unsafe {
-        let table = table_open(relations.table, pg_sys::AccessShareLock as _);
-        let index = index_open(relations.token_index, pg_sys::AccessShareLock as _);
+        // Locked by `live_by_token`.
+        let table = table_open(relations.table, pg_sys::NoLock as _);
+        let index = index_open(relations.token_index, pg_sys::NoLock as _);
         let mut scan_key = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
         ScanKeyInit(
             scan_key.as_mut_ptr(),
@@ -70,7 +77,8 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
             pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
             key,
         );
-        let snapshot = if ActiveSnapshotSet() { GetActiveSnapshot() } else { GetTransactionSnapshot() };
+        CommandCounterIncrement();
+        let snapshot = RegisterSnapshot(GetTransactionSnapshot());
         let scan = begin_index_scan(table, index, snapshot, 1);
         index_rescan(scan, scan_key.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
         let slot = table_slot_create(table, std::ptr::null_mut());
@@ -84,6 +92,7 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
         };
         ExecDropSingleTupleTableSlot(slot);
         index_endscan(scan);
+        UnregisterSnapshot(snapshot);
         index_close(index, pg_sys::NoLock as _);
         table_close(table, pg_sys::NoLock as _);
         found
@@ -94,8 +103,8 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
 ///
 /// # Safety
 /// As `find`; `slot` holds a row of `session_ext.user_sessions`; `info_type` is
-/// `session_ext.session_info`, with the fields of `SESSION_INFO` (checked by
-/// `cache::relations`). Nothing here may panic: a panic cannot leave the trap.
+/// `session_ext.session_info`, locked, with the fields of `SESSION_INFO` (checked by
+/// `cache::locked`). Nothing here may panic: a panic cannot leave the trap.
 unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Found> {
     use crate::internals::untrapped::*;
     // SAFETY: the caller's contract; values and nulls have one entry per attribute.

@@ -1,5 +1,5 @@
-//! The SQL API (SPEC §4). Every function is `SECURITY DEFINER` with a pinned search_path; each
-//! checks its arguments, then the caller's rights (SPEC §3), then reads or writes.
+//! The SQL API (SPEC §4). Every function runs through `definer::as_owner`: it checks its
+//! arguments, then its caller's rights (SPEC §3), then reads or writes as the extension's owner.
 
 mod args;
 mod check;

@@ -4,7 +4,7 @@
 
 use super::{args, on_own_session, target_user, Subject};
 use crate::db::{Statement, TEXT, UUID};
-use crate::errors::boundary;
+use crate::definer;
 use crate::events::{self, Event};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -59,10 +59,9 @@ pub fn token_reused(client: &SpiClient<'_>, subject: &Subject, active: bool) {
 }
 
 /// Revokes one active session. True if it was active and now is not.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn revoke_session(session_id: Option<Uuid>, reason: default!(Option<&str>, "'logout'")) -> bool {
-    boundary(|| {
+    definer::as_owner(|| {
         let reason = args::reason(reason)?;
         on_own_session(session_id, "session_id", false, |client, id, _| {
             revoke(client, &REVOKE_ONE, &[reason.into(), id.into()], reason) == 1
@@ -72,10 +71,9 @@ fn revoke_session(session_id: Option<Uuid>, reason: default!(Option<&str>, "'log
 
 /// "Log out everywhere else": revokes every other active session of the owner of
 /// `current_session_id`. Returns how many.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn revoke_other_sessions(current_session_id: Option<Uuid>) -> i64 {
-    boundary(|| {
+    definer::as_owner(|| {
         on_own_session(current_session_id, "current_session_id", 0, |client, id, owner| {
             let reason = "logout_others";
             revoke(client, &REVOKE_OTHERS, &[reason.into(), owner.into(), id.into()], reason)
@@ -84,13 +82,12 @@ fn revoke_other_sessions(current_session_id: Option<Uuid>) -> i64 {
 }
 
 /// Revokes every active session of a user (the caller's own when `user_id` is NULL).
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn revoke_all_user_sessions(
     user_id: default!(Option<Uuid>, "NULL"),
     reason: default!(Option<&str>, "'logout_all'"),
 ) -> i64 {
-    boundary(|| {
+    definer::as_owner(|| {
         let reason = args::reason(reason)?;
         let user = target_user(user_id)?;
         Ok(Spi::connect(|client| revoke(client, &REVOKE_ALL, &[reason.into(), user.into()], reason)))

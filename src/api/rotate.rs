@@ -4,7 +4,8 @@
 
 use super::{active, args, replayed, revoke, Subject};
 use crate::db::{Columns, Statement, BYTEA, UUID};
-use crate::errors::{boundary, ApiResult};
+use crate::definer;
+use crate::errors::ApiResult;
 use crate::events::{self, Event};
 use crate::identity::{self, Scope};
 use crate::token;
@@ -44,10 +45,9 @@ static PRESENTED: Statement = Statement::new(
 
 /// A new token for the session of `session_token`; the old token stops working. NULL when the
 /// token belongs to no active session, or was already rotated away (which revokes the session).
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn rotate_session_token(session_token: Option<&str>) -> Option<NewSession> {
-    boundary(|| {
+    definer::as_owner(|| {
         let presented = token::hash(args::session_token(session_token, "session_token")?);
         let scope = identity::scope()?;
         let token = args::new_token()?;

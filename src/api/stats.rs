@@ -2,7 +2,7 @@
 //! cleanup workers are doing, and the settings in effect — one jsonb for a DBA or a scraper.
 
 use crate::db::{Columns, Statement};
-use crate::errors::boundary;
+use crate::definer;
 use crate::identity;
 use crate::shmem::{self, WorkerState};
 use pgrx::datum::{JsonB, TimestampWithTimeZone};
@@ -24,10 +24,9 @@ static SETTINGS: Statement = Statement::new(
 );
 
 /// Sessions by state, the cleanup workers' state, and the effective settings. Admins only.
-#[pg_extern(volatile, parallel_restricted, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(volatile, parallel_restricted)]
 fn session_stats() -> JsonB {
-    boundary(|| {
+    definer::as_owner(|| {
         identity::require_admin("session_stats")?;
         let (counts, settings) = Spi::connect(|client| {
             let counts = COUNTS.one(client, &[]).expect("an aggregate returns a row");

@@ -55,23 +55,6 @@ pub unsafe fn identity_sequence(table: pg_sys::Oid, column: pg_sys::AttrNumber) 
     }
 }
 
-/// The type of each attribute of `desc`, dropped ones included, in attribute order (18 keeps
-/// the attributes behind `TupleDescAttr`, no longer as a plain array).
-///
-/// # Safety
-/// `desc` is a valid tuple descriptor.
-pub unsafe fn attribute_types(desc: pg_sys::TupleDesc) -> Vec<pg_sys::Oid> {
-    // SAFETY: the caller's contract; indexes stay below `natts`.
-    unsafe {
-        let natts = (*desc).natts as usize;
-        #[cfg(not(feature = "pg18"))]
-        let types = (*desc).attrs.as_slice(natts).iter().map(|a| a.atttypid).collect();
-        #[cfg(feature = "pg18")]
-        let types = (0..natts).map(|i| (*pg_sys::TupleDescAttr(desc, i as _)).atttypid).collect();
-        types
-    }
-}
-
 /// Installs `handler` for `signal`, as a background worker sets PostgreSQL's own handlers
 /// (18 renamed the backend's `pqsignal` to `pqsignal_be`, returning nothing).
 ///

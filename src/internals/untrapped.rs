@@ -43,8 +43,6 @@ untrapped! {
         procedure: RegProcedure,
         argument: Datum,
     );
-    fn ActiveSnapshotSet() -> bool;
-    fn GetActiveSnapshot() -> Snapshot;
     fn GetTransactionSnapshot() -> Snapshot;
     fn RegisterSnapshot(snapshot: Snapshot) -> Snapshot;
     fn UnregisterSnapshot(snapshot: Snapshot);

@@ -1,0 +1,99 @@
+//! The code that bypasses SQL (direct index scans, rows deleted below the executor, cached
+//! catalog facts) against what other connections do meanwhile: rows they hold locked, and
+//! catalog changes they commit while this connection sits in an open transaction.
+
+mod harness;
+
+use harness::{fresh, session_of, sqlstate};
+use postgres::Client;
+
+const CLUSTER: &str = "bypass";
+const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
+
+fn validates(client: &mut Client, token: &str) -> bool {
+    client
+        .query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token])
+        .unwrap()
+        .get(0)
+}
+
+/// Cleanup resumes after the last row it picked with a (valid_until, id) row comparison; rows it
+/// cannot delete stay behind that position. Two expired sessions whose valid_until order is the
+/// reverse of their id order, both held by another transaction: one batch at a time must still
+/// finish (a row comparison with the wrong procedures went back to the first row forever).
+#[test]
+fn cleanup_in_batches_of_one_moves_past_rows_another_transaction_holds() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (first, _) = session_of(&mut admin, ALICE);
+    let (second, _) = session_of(&mut admin, ALICE);
+    let (low, high) = if first < second { (first, second) } else { (second, first) };
+    // The higher id expired first.
+    admin
+        .execute(
+            "UPDATE session_ext.user_sessions
+                SET valid_until = now() - CASE WHEN id = $1 THEN interval '2 min' ELSE interval '1 min' END
+              WHERE id IN ($1, $2)",
+            &[&high, &low],
+        )
+        .unwrap();
+    let mut holder = harness::shared_cluster(CLUSTER).connect("postgres", &db);
+    let mut hold = holder.transaction().unwrap();
+    hold.execute("SELECT FROM session_ext.user_sessions FOR UPDATE", &[]).unwrap();
+
+    admin.batch_execute("SET statement_timeout = '10s'").unwrap();
+    for batch in [1, 2] {
+        let deleted = admin
+            .query_one("SELECT session_ext.cleanup_expired_sessions(batch_size => $1)", &[&batch])
+            .map(|row| row.get::<_, i64>(0))
+            .map_err(|e| e.to_string());
+        assert_eq!(deleted, Ok(0), "batch_size {batch}: both rows are held, none deleted, and the call ends");
+    }
+    hold.rollback().unwrap();
+    assert_eq!(
+        admin.query_one("SELECT session_ext.cleanup_expired_sessions(batch_size => 1)", &[]).unwrap().get::<_, i64>(0),
+        2
+    );
+}
+
+/// A pooled connection sits in an open transaction while another widens the row type the
+/// lookup forms its result from. The next validation must see the new shape (and refuse it),
+/// never build a wider row from the old one's fields.
+#[test]
+fn a_row_type_altered_by_another_connection_is_refused_not_misread() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (_, token) = session_of(&mut admin, ALICE);
+    let mut pooled = harness::shared_cluster(CLUSTER).connect("postgres", &db);
+    assert!(validates(&mut pooled, &token), "the backend has looked up its catalog facts");
+    pooled.batch_execute("BEGIN; SELECT 1").unwrap();
+
+    let attributes: Vec<String> = (0..40).map(|i| format!("ADD ATTRIBUTE extra{i} int")).collect();
+    admin.batch_execute(&format!("ALTER TYPE session_ext.session_info {}", attributes.join(", "))).unwrap();
+
+    let result = pooled.query_one("SELECT session_ext.validate_session($1)::text", &[&token]);
+    assert_eq!(sqlstate(result), "55000", "refused: session_ext's objects were altered");
+    pooled.batch_execute("ROLLBACK").unwrap();
+}
+
+/// REINDEX CONCURRENTLY replaces the token index by a new one (a new oid) and drops the old. A
+/// transaction that began before must use the new index: the old one no longer exists, and
+/// while it is dead but not yet dropped it misses every session created since.
+#[test]
+fn the_token_index_rebuilt_concurrently_is_used_by_a_transaction_open_across_it() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (_, token) = session_of(&mut admin, ALICE);
+    let mut pooled = harness::shared_cluster(CLUSTER).connect("postgres", &db);
+    assert!(validates(&mut pooled, &token), "the backend has looked up its catalog facts");
+    pooled.batch_execute("BEGIN; SELECT 1").unwrap();
+
+    admin.batch_execute("REINDEX INDEX CONCURRENTLY session_ext.user_sessions_token_hash_key").unwrap();
+    let (_, created_after) = session_of(&mut admin, ALICE);
+
+    for presented in [&token, &created_after] {
+        let valid = pooled
+            .query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[presented])
+            .map(|row| row.get::<_, bool>(0))
+            .map_err(|e| e.to_string());
+        assert_eq!(valid, Ok(true));
+    }
+    pooled.batch_execute("COMMIT").unwrap();
+}
