@@ -133,9 +133,8 @@ BEGIN
             CASE WHEN admin_only THEN ARRAY[]::text[] ELSE ARRAY['EXECUTE'] END);
         RETURN NEXT function_privs_are('session_ext', f.proname, f.args, 'matrix_admin', ARRAY['EXECUTE']);
         RETURN NEXT function_privs_are('session_ext', f.proname, f.args, 'service_role', ARRAY['EXECUTE']);
-        -- current_user_id reads the caller's settings and needs no privileges of its own.
-        RETURN NEXT CASE WHEN f.proname = 'current_user_id' THEN isnt_definer('session_ext', f.proname, f.args)
-                         ELSE is_definer('session_ext', f.proname, f.args) END;
+        -- Each runs as its caller and switches to the owner itself, after deciding the caller's rights.
+        RETURN NEXT isnt_definer('session_ext', f.proname, f.args);
     END LOOP;
 END
 $f$;

@@ -11,10 +11,7 @@ const CLUSTER: &str = "bypass";
 const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
 
 fn validates(client: &mut Client, token: &str) -> bool {
-    client
-        .query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token])
-        .unwrap()
-        .get(0)
+    client.query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token]).unwrap().get(0)
 }
 
 /// Cleanup resumes after the last row it picked with a (valid_until, id) row comparison; rows it
@@ -50,7 +47,10 @@ fn cleanup_in_batches_of_one_moves_past_rows_another_transaction_holds() {
     }
     hold.rollback().unwrap();
     assert_eq!(
-        admin.query_one("SELECT session_ext.cleanup_expired_sessions(batch_size => 1)", &[]).unwrap().get::<_, i64>(0),
+        admin
+            .query_one("SELECT session_ext.cleanup_expired_sessions(batch_size => 1)", &[])
+            .unwrap()
+            .get::<_, i64>(0),
         2
     );
 }
