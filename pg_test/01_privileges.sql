@@ -18,7 +18,7 @@ SELECT is(
 SELECT is(
     (SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
       WHERE p.pronamespace = 'session_ext'::regnamespace
-        AND (p.prosecdef OR p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c') OR p.probin <> '$libdir/session_ext')),
+        AND (p.prosecdef OR p.prolang <> (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c') OR p.probin <> 'session_ext')),
     NULL, 'every function is SECURITY INVOKER C code of the session_ext library, which decides identity from its caller and then switches to the owner itself');
 
 SELECT is(

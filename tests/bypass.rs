@@ -7,6 +7,14 @@ mod harness;
 use harness::{fresh, session_of, sqlstate};
 use postgres::Client;
 
+/// A server error as its SQLSTATE and message.
+fn failure(e: postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 const CLUSTER: &str = "bypass";
 const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
 
@@ -42,7 +50,7 @@ fn cleanup_in_batches_of_one_moves_past_rows_another_transaction_holds() {
         let deleted = admin
             .query_one("SELECT session_ext.cleanup_expired_sessions(batch_size => $1)", &[&batch])
             .map(|row| row.get::<_, i64>(0))
-            .map_err(|e| e.to_string());
+            .map_err(failure);
         assert_eq!(deleted, Ok(0), "batch_size {batch}: both rows are held, none deleted, and the call ends");
     }
     hold.rollback().unwrap();
@@ -92,7 +100,7 @@ fn the_token_index_rebuilt_concurrently_is_used_by_a_transaction_open_across_it(
         let valid = pooled
             .query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[presented])
             .map(|row| row.get::<_, bool>(0))
-            .map_err(|e| e.to_string());
+            .map_err(failure);
         assert_eq!(valid, Ok(true));
     }
     pooled.batch_execute("COMMIT").unwrap();
