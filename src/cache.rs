@@ -8,10 +8,11 @@
 //! name: facts read before the lock could name an index `REINDEX CONCURRENTLY` has since
 //! replaced, or a row type `ALTER TYPE` has since widened.
 
+use crate::errors::ApiError;
 use crate::internals;
 use crate::schema::{AUDIT_TYPES, NEW_SESSION_TYPES, SESSION_INFO, SESSION_TYPES};
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::{pg_guard, PgLogLevel, PgSqlErrorCode};
+use pgrx::{pg_guard, PgSqlErrorCode};
 use std::cell::Cell;
 use std::ffi::CStr;
 
@@ -132,14 +133,12 @@ unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact:
     altered(problem)
 }
 
+/// 55000: the code reads and writes these objects below SQL, by their declared shape.
 fn altered(detail: String) -> ! {
-    pgrx::ereport!(
-        PgLogLevel::ERROR,
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "session_ext's objects were altered",
-        detail
-    );
-    unreachable!("an ERROR report does not return")
+    ApiError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "session_ext's objects were altered")
+        .detail(detail)
+        .hint("Undo the change. Columns may be added to session_ext's tables; nothing else of theirs may change.")
+        .raise()
 }
 
 /// A relation's owner and its number of attributes (dropped ones included), from pg_class.
