@@ -1,6 +1,7 @@
-//! The cleanup worker and the operations around it (SPEC §8, issue 4), each on a cluster of its
-//! own with session_ext preloaded: cleanup on its own, errors survived, crashes restarted,
-//! settings reloaded, fast shutdown, a streaming replica, pg_cron without the worker.
+//! The cleanup worker and the operations around it (SPEC §8, issues 4 and 19), each on a cluster
+//! of its own with session_ext preloaded: cleanup on its own, errors survived, crashes restarted,
+//! settings reloaded, fast shutdown, a streaming replica, pg_cron without the worker, and a
+//! served database dropped, renamed or copied between runs.
 
 mod harness;
 
@@ -31,6 +32,23 @@ fn serving(name: &str, database: &str, interval: &str, extra: &[&str]) -> Cluste
         .chain(extra.iter().copied())
         .collect();
     Cluster::start(name, &conf)
+}
+
+/// Creates `database` with the extension, and waits until the worker cleaned an expired
+/// session there; the connection is closed after.
+fn create_served(cluster: &Cluster, database: &str) {
+    cluster.connect("postgres", "postgres").batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let mut client = cluster.connect("postgres", database);
+    client.batch_execute("CREATE EXTENSION session_ext").unwrap();
+    let (expired, _) = session(&mut client, true);
+    assert!(
+        eventually(Duration::from_secs(15), || !exists(&mut client, expired)),
+        "the worker cleans {database}"
+    );
+}
+
+fn server_log(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.dir.join("server.log")).unwrap()
 }
 
 /// A new session; `expired` ones are moved past their end, as if time had passed.
@@ -271,4 +289,39 @@ fn a_refused_creation_is_audited_by_the_worker() {
             .get(0)
     };
     assert!(eventually(Duration::from_secs(5), || audited(&mut client) == 1), "the worker wrote the refusal");
+}
+
+#[test]
+fn a_served_database_can_be_copied_renamed_and_dropped_between_runs() {
+    let cluster = serving("worker_lets_go", "served", "1s", &[]);
+    create_served(&cluster, "served");
+    let mut admin = cluster.connect("postgres", "postgres");
+    admin.batch_execute("CREATE DATABASE copy TEMPLATE served").unwrap();
+    admin.batch_execute("ALTER DATABASE served RENAME TO renamed").unwrap();
+    admin.batch_execute("ALTER DATABASE renamed RENAME TO served").unwrap();
+    // Served under its name again: a run may be under way, which DROP waits for.
+    std::thread::sleep(Duration::from_secs(2));
+    admin.batch_execute("DROP DATABASE served").unwrap();
+}
+
+#[test]
+fn a_dropped_database_is_reported_once_and_served_again_when_it_returns() {
+    let cluster = serving("worker_dropped", "gone", "1s", &[]);
+    create_served(&cluster, "gone");
+    let dropped_at = server_log(&cluster).len();
+    cluster.connect("postgres", "postgres").batch_execute("DROP DATABASE gone WITH (FORCE)").unwrap();
+    let since_drop = || server_log(&cluster)[dropped_at..].to_string();
+    let reported = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"gone\" does not exist") && l.contains("session_ext.database"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), || reported(&since_drop()) == 1), "{}", since_drop());
+    let fatal = since_drop().matches("FATAL").count();
+    std::thread::sleep(Duration::from_secs(4));
+    let log = since_drop();
+    assert_eq!(reported(&log), 1, "said once, not at every interval:\n{log}");
+    assert_eq!(log.matches("FATAL").count(), fatal, "no FATAL at every interval:\n{log}");
+
+    create_served(&cluster, "gone");
 }
