@@ -325,3 +325,24 @@ fn a_dropped_database_is_reported_once_and_served_again_when_it_returns() {
 
     create_served(&cluster, "gone");
 }
+
+#[test]
+fn no_free_worker_slot_is_one_warning_with_a_hint() {
+    // The launcher takes the only slot (logical replication's launcher, registered first, is
+    // off): no worker can start beside it.
+    let (cluster, _client) = preloaded(
+        "worker_no_slot",
+        "1s",
+        &["max_worker_processes = 1", "max_logical_replication_workers = 0"],
+    );
+    let warned = || {
+        server_log(&cluster)
+            .lines()
+            .filter(|l| l.contains("WARNING") && l.contains("no background worker slot is free"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), || warned() == 1));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(warned(), 1, "once, not at every interval");
+    assert!(server_log(&cluster).contains("HINT:  Raise max_worker_processes"));
+}
