@@ -1,7 +1,7 @@
-//! State shared between the cleanup workers and every backend, in shared memory (allocated only
-//! when session_ext is preloaded): each worker's progress, for `session_stats()`, and the
-//! creations refused by the rate limit, which the worker writes to the audit log because the
-//! refused call's own transaction is rolled back.
+//! State shared between the cleanup launcher, its per-database workers and every backend, in
+//! shared memory (allocated only when session_ext is preloaded): each served database's
+//! progress, for `session_stats()`, and the creations refused by the rate limit, which a worker
+//! writes to the audit log because the refused call's own transaction is rolled back.
 
 use crate::settings;
 use pgrx::lwlock::PgLwLock;
@@ -16,13 +16,18 @@ const ERROR_BYTES: usize = 256;
 /// Refusals waiting for the worker; when full, the oldest is dropped (and counted).
 const QUEUE: usize = 128;
 
-/// One worker's progress. Times are PostgreSQL timestamps (microseconds since 2000), 0 = never.
+/// One served database's progress. Times are PostgreSQL timestamps (microseconds since 2000),
+/// 0 = never.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerState {
     database: [u8; NAME_BYTES],
-    database_oid: u32,
-    /// The worker's latch (an address in shared memory), set to wake it; 0 when it is not running.
-    latch: usize,
+    /// The database's OID when the launcher last looked it up; 0 before that, or when missing.
+    pub database_oid: u32,
+    /// The launcher found no database of this name (it said so once in the log).
+    pub missing: bool,
+    /// A worker found the extension not installed there (it said so once in the log).
+    pub not_installed: bool,
+    /// The worker connected to the database now, 0 between runs.
     pub pid: i32,
     pub in_run: bool,
     pub runs: i64,
@@ -40,7 +45,8 @@ impl Default for WorkerState {
         Self {
             database: [0; NAME_BYTES],
             database_oid: 0,
-            latch: 0,
+            missing: false,
+            not_installed: false,
             pid: 0,
             in_run: false,
             runs: 0,
@@ -64,15 +70,8 @@ impl WorkerState {
         Some(from_fixed(&self.last_error)).filter(|e| !e.is_empty())
     }
 
-    pub fn started(&mut self, pid: i32, database_oid: u32, latch: usize) {
-        self.pid = pid;
-        self.database_oid = database_oid;
-        self.latch = latch;
-    }
-
     pub fn stopped(&mut self) {
         self.pid = 0;
-        self.latch = 0;
         self.in_run = false;
     }
 
@@ -117,6 +116,11 @@ pub struct Refusal {
 pub struct Shared {
     pub workers: [WorkerState; MAX_DATABASES],
     pub databases: usize,
+    /// The launcher's process, 0 when it is not running.
+    pub launcher_pid: i32,
+    /// The launcher's latch (an address in shared memory), set to wake it; 0 when it is not
+    /// running.
+    launcher_latch: usize,
     refusals: [Refusal; QUEUE],
     refusal_count: usize,
     refusal_next: usize,
@@ -128,6 +132,8 @@ impl Default for Shared {
         Self {
             workers: [WorkerState::default(); MAX_DATABASES],
             databases: 0,
+            launcher_pid: 0,
+            launcher_latch: 0,
             refusals: [Refusal::default(); QUEUE],
             refusal_count: 0,
             refusal_next: 0,
@@ -158,7 +164,7 @@ pub fn served() -> Vec<String> {
 }
 
 /// Asks for the shared memory; called from _PG_init while preloading. As the server starts,
-/// the workers' slots are named after the databases they serve.
+/// the slots are named after the databases served.
 pub fn request() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(
@@ -178,23 +184,28 @@ pub fn snapshot() -> Option<Shared> {
     attached().then(|| *SHARED.share())
 }
 
-/// Changes worker `slot`'s state.
-pub fn update_worker(slot: usize, change: impl FnOnce(&mut WorkerState)) {
-    change(&mut SHARED.exclusive().workers[slot]);
+/// Changes database `slot`'s state, returning what `change` returns.
+pub fn update_worker<R>(slot: usize, change: impl FnOnce(&mut WorkerState) -> R) -> R {
+    change(&mut SHARED.exclusive().workers[slot])
 }
 
-/// Queues a refusal for the worker of its database and wakes that worker; without shared
-/// memory there is no worker, and the caller's log line is the only record.
+/// Records the launcher's process and latch (`pid` 0 and a null latch when it exits).
+pub fn set_launcher(pid: i32, latch: *mut pg_sys::Latch) {
+    let mut shared = SHARED.exclusive();
+    shared.launcher_pid = pid;
+    shared.launcher_latch = latch as usize;
+}
+
+/// Queues a refusal for a worker in its database and wakes the launcher, which starts one;
+/// without shared memory there is no worker, and the caller's log line is the only record.
 pub fn push_refusal(refusal: Refusal) {
     if !attached() {
         return;
     }
     let mut shared = SHARED.exclusive();
-    let latch =
-        shared.workers.iter().find(|w| w.database_oid == refusal.database && w.latch != 0).map(|w| w.latch);
-    if let Some(latch) = latch {
-        // SAFETY: a running worker's latch, in shared memory; setting it only wakes the worker.
-        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    if shared.launcher_latch != 0 {
+        // SAFETY: the running launcher's latch, in shared memory; setting it only wakes it.
+        unsafe { pg_sys::SetLatch(shared.launcher_latch as *mut pg_sys::Latch) };
     }
     let next = shared.refusal_next;
     shared.refusals[next] = refusal;
@@ -204,6 +215,19 @@ pub fn push_refusal(refusal: Refusal) {
     } else {
         shared.refusal_count += 1;
     }
+}
+
+/// Whether refusals of `database` are queued.
+pub fn has_refusals(database: u32) -> bool {
+    let shared = SHARED.share();
+    let oldest = (shared.refusal_next + QUEUE - shared.refusal_count) % QUEUE;
+    (0..shared.refusal_count).any(|i| shared.refusals[(oldest + i) % QUEUE].database == database)
+}
+
+/// Drops the queued refusals of `database`, which no longer exists, counting them as dropped.
+pub fn discard_refusals(database: u32) {
+    let discarded = take_refusals(database).len() as i64;
+    SHARED.exclusive().refusals_dropped += discarded;
 }
 
 /// Takes the queued refusals of `database`, oldest first.

@@ -1,70 +1,84 @@
-//! The cleanup worker (SPEC §8): one background worker per database in
-//! `session_ext.database`, registered only when session_ext is preloaded.
+//! The cleanup worker (SPEC §8), modelled on autovacuum's launcher and pg_cron: one launcher,
+//! registered only when session_ext is preloaded and connected to no database, starts a
+//! short-lived worker in a database of `session_ext.database` when its cleanup is due (every
+//! `session_ext.cleanup_interval`) or refused creations wait to be audited there. That worker
+//! connects to the database, deletes what expired in short transactions of
+//! `session_ext.cleanup_batch_size` rows and writes the audit rows of the refusals, then exits.
+//! Between runs no process is connected to a served database, so it can be dropped, renamed or
+//! copied as a template.
 //!
-//! Every `session_ext.cleanup_interval` it deletes what expired in short transactions of
-//! `session_ext.cleanup_batch_size` rows, and writes the audit rows of refused creations. It
-//! reloads settings on SIGHUP, dies promptly on SIGTERM (even while waiting for a lock), survives
-//! an error in a run (logged, counted in `session_stats()`), and is restarted by the postmaster
-//! after a crash. It starts only once recovery has finished, so a hot standby runs none.
+//! The launcher reloads settings on SIGHUP; both die promptly on SIGTERM (even while waiting for
+//! a lock). An error in a run is logged and counted in `session_stats()`, and the next run comes
+//! at the next interval. The postmaster restarts the launcher after a crash. It starts only once
+//! recovery has finished, so a hot standby runs none.
 
 use crate::api::cleanup;
 use crate::events;
 use crate::internals;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
 use crate::shmem::{self, MAX_DATABASES};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
-use pgrx::pg_sys::panic::CaughtError;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime};
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgTryBuilder};
+use pgrx::{pg_sys, PgMemoryContexts, PgTryBuilder};
+use std::ffi::{CStr, CString};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-/// The postmaster waits this long before starting a worker that exited with an error again.
+/// The postmaster waits this long before starting a launcher that exited with an error again.
 const RESTART_AFTER: Duration = Duration::from_secs(10);
 
-/// Registers the workers; called from _PG_init while preloading.
+/// Least time between two worker starts for one database when only refusals are due, so that
+/// refusals a worker could not take (its database vanished as it connected, or no worker slot
+/// was free) do not start workers in a tight loop.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Registers the launcher; called from _PG_init while preloading.
 pub fn register() {
     let named = settings::databases().len();
     if named > MAX_DATABASES {
         warning!("session_ext.database names {named} databases; the cleanup worker serves the first {MAX_DATABASES}");
     }
     shmem::request();
-    for (slot, database) in shmem::served().iter().enumerate() {
-        BackgroundWorkerBuilder::new(&format!("session_ext cleanup {database}"))
-            .set_type("session_ext cleanup")
-            .set_library("session_ext")
-            .set_function("session_ext_cleanup_worker")
-            .set_argument((slot as i32).into_datum())
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(Some(RESTART_AFTER))
-            .load();
+    if shmem::served().is_empty() {
+        return;
     }
+    BackgroundWorkerBuilder::new("session_ext launcher")
+        .set_type("session_ext launcher")
+        .set_library("session_ext")
+        .set_function("session_ext_launcher")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
-    let slot = argument.value();
+pub extern "C-unwind" fn session_ext_launcher(_argument: pg_sys::Datum) {
     // SAFETY: PostgreSQL's own handlers: SIGHUP marks the configuration for reloading, and SIGTERM
-    // makes the next CHECK_FOR_INTERRUPTS (also inside lock waits) end the process.
+    // makes the next CHECK_FOR_INTERRUPTS (also while waiting for a worker) end the process.
     unsafe {
         internals::set_signal_handler(pg_sys::SIGHUP, internals::SignalHandlerForConfigReload);
         internals::set_signal_handler(pg_sys::SIGTERM, internals::die);
         pg_sys::BackgroundWorkerUnblockSignals();
     }
-    let database = shmem::snapshot().expect("workers run only when preloaded").workers[slot].database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // SAFETY: backend globals of this process, and an exit callback taking a plain integer.
+    // No database, like autovacuum's launcher: it reads only the shared catalog pg_database.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    // SAFETY: backend globals of this process, and an exit callback without an argument.
     unsafe {
-        let latch = pg_sys::MyLatch as usize;
-        let (pid, oid) = (pg_sys::MyProcPid, pg_sys::MyDatabaseId.to_u32());
-        shmem::update_worker(slot, |w| w.started(pid, oid, latch));
-        pg_sys::before_shmem_exit(Some(worker_exit), pg_sys::Datum::from(slot));
+        shmem::set_launcher(pg_sys::MyProcPid, pg_sys::MyLatch);
+        pg_sys::before_shmem_exit(Some(launcher_exit), pg_sys::Datum::from(0usize));
     }
-    log!("session_ext cleanup worker started for database \"{database}\"");
+    let mut served: Vec<Served> = shmem::served().into_iter().enumerate().map(Served::new).collect();
+    let names: Vec<&str> = served.iter().map(|s| s.name.as_str()).collect();
+    log!("session_ext cleanup launcher started for database(s) {}", names.join(", "));
+    for database in &served {
+        database.look_up();
+    }
+    // The workers' handles, allocated here and freed after each run: nothing else frees them.
+    let mut handles = PgMemoryContexts::new("session_ext worker handles");
 
-    let mut worker = Worker { slot, database, last_run: None, reported_missing: false };
     loop {
         // SAFETY: set by the SIGHUP handler; reading the file is what the handler asks for.
         unsafe {
@@ -74,19 +88,245 @@ pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
             }
         }
         let interval = Duration::from_secs(CLEANUP_INTERVAL.get() as u64);
-        let due = worker.last_run.map(|last| last + interval);
-        if !interval.is_zero() && due.is_none_or(|due| Instant::now() >= due) {
-            worker.last_run = Some(Instant::now());
-            worker.run();
+        let mut ran = false;
+        for database in &mut served {
+            ran |= database.serve(interval, &mut handles);
         }
-        worker.write_refusals();
-        let timeout = match (interval.is_zero(), worker.last_run) {
-            (true, _) | (_, None) => -1,
-            (false, Some(last)) => {
-                (last + interval).saturating_duration_since(Instant::now()).as_millis() as i64
-            }
+        // A run's wait resets the latch: look again before sleeping, or a refusal queued
+        // meanwhile would wait for the next timeout.
+        if !ran {
+            let next = served.iter().filter_map(|s| s.next_due(interval)).min();
+            let timeout =
+                next.map_or(-1, |at| at.saturating_duration_since(Instant::now()).as_millis() as i64);
+            wait(timeout);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn launcher_exit(_code: i32, _argument: pg_sys::Datum) {
+    shmem::set_launcher(0, std::ptr::null_mut());
+}
+
+/// The launcher's view of one database of `session_ext.database`.
+struct Served {
+    /// Its index in shared memory's state.
+    slot: usize,
+    name: String,
+    /// When its last cleanup was due (and run, or skipped because the database is missing).
+    last_cleanup: Option<Instant>,
+    /// When a worker was last started, or failed to start, for it.
+    last_start: Option<Instant>,
+    /// No worker slot was free at the last start (warned once, until one starts again).
+    short_of_slots: bool,
+}
+
+impl Served {
+    fn new((slot, name): (usize, String)) -> Self {
+        Self { slot, name, last_cleanup: None, last_start: None, short_of_slots: false }
+    }
+
+    /// The database's OID, or none when it does not exist: looked up in pg_database, recorded
+    /// in shared memory, and its disappearance and return logged once each.
+    fn look_up(&self) -> Option<pg_sys::Oid> {
+        let name = CString::new(self.name.as_str()).expect("a GUC value has no NUL byte");
+        let oid = database_oid(&name).unwrap_or(pg_sys::InvalidOid);
+        let found = oid != pg_sys::InvalidOid;
+        let (was_missing, old_oid) = shmem::update_worker(self.slot, |w| {
+            let before = (w.missing, w.database_oid);
+            w.missing = !found;
+            w.database_oid = oid.to_u32();
+            before
+        });
+        match (found, was_missing) {
+            (false, false) => log!(
+                "session_ext: database \"{}\" does not exist; its cleanup is skipped until it is created (check session_ext.database)",
+                self.name
+            ),
+            (true, true) => log!("session_ext: database \"{}\" exists now; its cleanup runs again", self.name),
+            _ => {}
+        }
+        if old_oid != 0 && old_oid != oid.to_u32() {
+            // Refusals in a database that is gone: nobody can write them.
+            shmem::discard_refusals(old_oid);
+        }
+        found.then_some(oid)
+    }
+
+    /// Whether refused creations wait for a worker in this database.
+    fn refusals_queued(&self) -> bool {
+        let oid =
+            shmem::snapshot().expect("the launcher runs only when preloaded").workers[self.slot].database_oid;
+        oid != 0 && shmem::has_refusals(oid)
+    }
+
+    /// When something is next due here: its cleanup, or (not before [`RETRY_AFTER`]) refusals.
+    fn next_due(&self, interval: Duration) -> Option<Instant> {
+        let now = Instant::now();
+        let cleanup = (!interval.is_zero()).then(|| self.last_cleanup.map_or(now, |last| last + interval));
+        let refusals = self.refusals_queued().then(|| self.last_start.map_or(now, |last| last + RETRY_AFTER));
+        cleanup.into_iter().chain(refusals).min()
+    }
+
+    /// Runs a worker in this database if something is due, and waits until it exits; returns
+    /// whether one ran.
+    fn serve(&mut self, interval: Duration, handles: &mut PgMemoryContexts) -> bool {
+        let now = Instant::now();
+        let clean = !interval.is_zero() && self.last_cleanup.is_none_or(|last| now >= last + interval);
+        let refusals = self.refusals_queued() && self.last_start.is_none_or(|last| now >= last + RETRY_AFTER);
+        if !clean && !refusals {
+            return false;
+        }
+        if clean {
+            self.last_cleanup = Some(now);
+        }
+        let Some(database) = self.look_up() else {
+            return false;
         };
-        wait(timeout);
+        self.last_start = Some(now);
+        let task = Task { slot: self.slot, database, clean };
+        // SAFETY: the context lives as long as the launcher; the handle is used only below.
+        let started = unsafe { handles.switch_to(|_| task.builder(&self.name).load_dynamic()) };
+        let Ok(worker) = started else {
+            if !self.short_of_slots {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!(
+                        "session_ext could not start a cleanup worker for database \"{}\": no background worker slot is free",
+                        self.name
+                    ),
+                    "session_ext launcher",
+                )
+                .set_detail("It tries again when the next run is due.")
+                .set_hint("Raise max_worker_processes (it takes a restart); the launcher, each running worker, parallel queries and other extensions share its slots.")
+                .report(PgLogLevel::WARNING);
+            }
+            self.short_of_slots = true;
+            return false;
+        };
+        self.short_of_slots = false;
+        // Returns on SIGTERM through CHECK_FOR_INTERRUPTS, which ends the launcher.
+        let shutdown = worker.wait_for_shutdown();
+        // SAFETY: the handle was consumed by the wait; nothing else lives in the context.
+        unsafe { handles.reset() };
+        if let Err(BackgroundWorkerStatus::PostmasterDied) = shutdown {
+            // SAFETY: what WL_EXIT_ON_PM_DEATH would do at the next wait.
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        true
+    }
+}
+
+/// The OID of database `name`, if there is one. It scans pg_database's heap, as autovacuum's
+/// launcher does: a process connected to no database cannot open the shared catalogs' indexes
+/// (`get_database_oid` fails there with "cannot read pg_class without having selected a
+/// database").
+fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: a catalog scan in a transaction of its own, its key compared with `name` (which
+    // outlives the scan) by `nameeq`, as `get_database_oid` compares it.
+    in_transaction(|| unsafe {
+        let catalog = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+        let mut key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            pg_sys::Anum_pg_database_datname as _,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::Oid::from(pg_sys::F_NAMEEQ),
+            pg_sys::Datum::from(name.as_ptr()),
+        );
+        let index = pg_sys::Oid::from(pg_sys::DatabaseNameIndexId);
+        let scan = pg_sys::systable_beginscan(catalog, index, false, std::ptr::null_mut(), 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let oid = (!tuple.is_null())
+            .then(|| (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(catalog, lock);
+        oid
+    })
+}
+
+/// What the launcher asks of one worker, passed to it as its argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Task {
+    /// The database's index in shared memory's state.
+    slot: usize,
+    database: pg_sys::Oid,
+    /// Run the cleanup, not only write the refusals.
+    clean: bool,
+}
+
+impl Task {
+    /// The OID in the high 32 bits, the slot in bits 1 to 31, `clean` in bit 0.
+    fn into_datum(self) -> pg_sys::Datum {
+        let packed = (self.database.to_u32() as usize) << 32 | self.slot << 1 | usize::from(self.clean);
+        pg_sys::Datum::from(packed)
+    }
+
+    fn from_datum(datum: pg_sys::Datum) -> Self {
+        let packed = datum.value();
+        Task {
+            slot: (packed & 0xFFFF_FFFF) >> 1,
+            database: pg_sys::Oid::from((packed >> 32) as u32),
+            clean: packed & 1 == 1,
+        }
+    }
+
+    /// A dynamic worker for this task, which the launcher (this process) waits for.
+    fn builder(self, name: &str) -> BackgroundWorkerBuilder {
+        BackgroundWorkerBuilder::new(&format!("session_ext cleanup {name}"))
+            .set_type("session_ext cleanup")
+            .set_library("session_ext")
+            .set_function("session_ext_cleanup_worker")
+            .set_argument(Some(self.into_datum()))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            // SAFETY: reads a backend global.
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
+    }
+}
+
+/// One run in one database, started by the launcher: writes the queued refusals, cleans when
+/// asked to, and exits.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
+    let task = Task::from_datum(argument);
+    // SAFETY: PostgreSQL's own handler: SIGTERM makes the next CHECK_FOR_INTERRUPTS (also inside
+    // lock waits) end the process. SIGHUP stays ignored: a run reads the configuration afresh.
+    unsafe {
+        internals::set_signal_handler(pg_sys::SIGTERM, internals::die);
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    // By OID: a database renamed since the launcher looked it up is still the right one.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(task.database), None);
+    // SAFETY: settings of this process, set before any statement runs; static strings; then
+    // backend globals, and an exit callback taking a plain integer.
+    unsafe {
+        // It runs SQL as the bootstrap superuser: a database's `ALTER DATABASE ... SET
+        // search_path` must not redirect its statements.
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        pg_sys::SetConfigOption(
+            c"application_name".as_ptr(),
+            c"session_ext cleanup".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        let pid = pg_sys::MyProcPid;
+        shmem::update_worker(task.slot, |w| w.pid = pid);
+        pg_sys::before_shmem_exit(Some(worker_exit), pg_sys::Datum::from(task.slot));
+    }
+    let database = shmem::snapshot().expect("workers run only when preloaded").workers[task.slot].database();
+    let worker = Worker { slot: task.slot, database };
+    worker.write_refusals(task.database);
+    if task.clean {
+        worker.run();
     }
 }
 
@@ -109,22 +349,16 @@ unsafe extern "C-unwind" fn worker_exit(_code: i32, slot: pg_sys::Datum) {
     shmem::update_worker(slot.value(), |w| w.stopped());
 }
 
+/// A worker connected to the database of `slot`.
 struct Worker {
     slot: usize,
     database: String,
-    last_run: Option<Instant>,
-    /// A database without the extension is reported once, not at every interval.
-    reported_missing: bool,
 }
 
 impl Worker {
-    /// One cleanup run. An error ends the run, not the worker: the transaction is rolled back,
+    /// One cleanup run. An error ends the run, not the launcher: the transaction is rolled back,
     /// the error logged and counted, and the next interval brings the next run.
-    fn run(&mut self) {
-        // SAFETY: reads the shared recovery state.
-        if unsafe { pg_sys::RecoveryInProgress() } {
-            return;
-        }
+    fn run(&self) {
         let started = now();
         shmem::update_worker(self.slot, |w| w.run_started(started));
         report_activity(pg_sys::BackendState::STATE_RUNNING, Some(c"session_ext cleanup"));
@@ -138,7 +372,7 @@ impl Worker {
         report_activity(pg_sys::BackendState::STATE_IDLE, None);
     }
 
-    fn delete_expired(&mut self) -> i64 {
+    fn delete_expired(&self) -> i64 {
         let installed = in_transaction(|| {
             Spi::get_one::<bool>(
                 "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'session_ext')",
@@ -147,28 +381,28 @@ impl Worker {
             .flatten()
                 == Some(true)
         });
+        // Kept in shared memory: each run is a new process, and the database is reported once.
+        let reported =
+            shmem::update_worker(self.slot, |w| std::mem::replace(&mut w.not_installed, !installed));
         if !installed {
-            if !self.reported_missing {
+            if !reported {
                 log!(
                     "session_ext is not installed in database \"{}\"; its cleanup worker waits for CREATE EXTENSION session_ext",
                     self.database
                 );
-                self.reported_missing = true;
             }
             return 0;
         }
-        self.reported_missing = false;
         let batch = CLEANUP_BATCH_SIZE.get();
         cleanup::run_passes(batch, |pass, cursor| {
             in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, cursor)))
         })
     }
 
-    /// Writes the audit rows of creations refused in this database since the last time.
-    fn write_refusals(&self) {
-        // SAFETY: reads a backend global set by the connection.
-        let database = unsafe { pg_sys::MyDatabaseId.to_u32() };
-        let refusals = shmem::take_refusals(database);
+    /// Writes the audit rows of creations refused in this database (OID `database`) since the
+    /// last time.
+    fn write_refusals(&self, database: pg_sys::Oid) {
+        let refusals = shmem::take_refusals(database.to_u32());
         if refusals.is_empty() || !settings::AUDIT.get() {
             return;
         }
@@ -197,7 +431,8 @@ fn catching<R>(body: impl FnOnce() -> R) -> Result<R, String> {
 
 /// Runs `body` in a transaction of its own, committed when it returns.
 fn in_transaction<R>(body: impl FnOnce() -> R) -> R {
-    // SAFETY: a worker connected to its database, between transactions.
+    // SAFETY: a background worker with a connection (the launcher's to no database), between
+    // transactions.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -218,7 +453,7 @@ fn now() -> i64 {
 }
 
 /// What pg_stat_activity shows for the worker.
-fn report_activity(state: pg_sys::BackendState::Type, query: Option<&std::ffi::CStr>) {
+fn report_activity(state: pg_sys::BackendState::Type, query: Option<&CStr>) {
     // SAFETY: a static string or none.
     unsafe { pg_sys::pgstat_report_activity(state, query.map_or(std::ptr::null(), |q| q.as_ptr())) };
 }
@@ -234,4 +469,20 @@ fn error_message(error: &CaughtError) -> String {
     let packed = report.sql_error_code() as i32;
     let sqlstate: String = (0..5).map(|i| char::from(((packed >> (6 * i)) & 0x3F) as u8 + b'0')).collect();
     format!("{} ({sqlstate})", report.message())
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::Task;
+    use pgrx::pg_sys::Oid;
+
+    #[test]
+    fn a_task_survives_its_datum() {
+        for task in [
+            Task { slot: 0, database: Oid::from(5), clean: true },
+            Task { slot: 15, database: Oid::from(u32::MAX), clean: false },
+        ] {
+            assert_eq!(Task::from_datum(task.into_datum()), task);
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! The cleanup worker and the operations around it (SPEC §8, issue 4), each on a cluster of its
-//! own with session_ext preloaded: cleanup on its own, errors survived, crashes restarted,
-//! settings reloaded, fast shutdown, a streaming replica, pg_cron without the worker.
+//! The cleanup worker and the operations around it (SPEC §8, issues 4 and 19), each on a cluster
+//! of its own with session_ext preloaded: cleanup on its own, errors survived, crashes restarted,
+//! settings reloaded, fast shutdown, a streaming replica, pg_cron without the worker, and a
+//! served database dropped, renamed or copied between runs.
 
 mod harness;
 
@@ -16,16 +17,38 @@ const USER: &str = "a11ce000-0000-4000-8000-000000000001";
 /// A cluster whose worker cleans the `postgres` database every `interval`, with the extension
 /// installed there, and a superuser's connection to it.
 fn preloaded(name: &str, interval: &str, extra: &[&str]) -> (Cluster, Client) {
-    let preload = "shared_preload_libraries = 'session_ext'".to_string();
-    let every = format!("session_ext.cleanup_interval = '{interval}'");
-    let conf: Vec<&str> = [preload.as_str(), "session_ext.database = 'postgres'", every.as_str()]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect();
-    let cluster = Cluster::start(name, &conf);
+    let cluster = serving(name, "postgres", interval, extra);
     let mut client = cluster.connect("postgres", "postgres");
     client.batch_execute("CREATE EXTENSION session_ext").unwrap();
     (cluster, client)
+}
+
+/// A cluster whose worker cleans `database` (which initdb may not have made) every `interval`.
+fn serving(name: &str, database: &str, interval: &str, extra: &[&str]) -> Cluster {
+    let served = format!("session_ext.database = '{database}'");
+    let every = format!("session_ext.cleanup_interval = '{interval}'");
+    let conf: Vec<&str> = ["shared_preload_libraries = 'session_ext'", served.as_str(), every.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    Cluster::start(name, &conf)
+}
+
+/// Creates `database` with the extension, and waits until the worker cleaned an expired
+/// session there; the connection is closed after.
+fn create_served(cluster: &Cluster, database: &str) {
+    cluster.connect("postgres", "postgres").batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let mut client = cluster.connect("postgres", database);
+    client.batch_execute("CREATE EXTENSION session_ext").unwrap();
+    let (expired, _) = session(&mut client, true);
+    assert!(
+        eventually(Duration::from_secs(15), || !exists(&mut client, expired)),
+        "the worker cleans {database}"
+    );
+}
+
+fn server_log(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.dir.join("server.log")).unwrap()
 }
 
 /// A new session; `expired` ones are moved past their end, as if time had passed.
@@ -67,10 +90,10 @@ fn worker_stats(client: &mut Client) -> Value {
     stats["worker"]["databases"][0].clone()
 }
 
-const WORKER_PID: &str = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup'";
+const LAUNCHER_PID: &str = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_ext launcher'";
 
-fn worker_pid(client: &mut Client) -> Option<i32> {
-    client.query_opt(WORKER_PID, &[]).unwrap().map(|r| r.get(0))
+fn launcher_pid(client: &mut Client) -> Option<i32> {
+    client.query_opt(LAUNCHER_PID, &[]).unwrap().map(|r| r.get(0))
 }
 
 #[test]
@@ -83,14 +106,7 @@ fn expired_rows_disappear_within_two_intervals_and_live_rows_stay() {
     let stats = worker_stats(&mut client);
     assert_eq!(stats["running"], true);
     assert!(stats["total_deleted"].as_i64().unwrap() >= 3, "{stats}");
-    let named: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup' AND datname = 'postgres'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(named, 1, "pg_stat_activity shows the worker and its database");
+    assert!(launcher_pid(&mut client).is_some(), "pg_stat_activity shows the launcher");
 }
 
 #[test]
@@ -116,12 +132,12 @@ fn a_failed_run_is_logged_and_counted_and_the_next_run_cleans() {
 fn a_killed_worker_is_restarted_and_cleanup_resumes_without_losing_live_sessions() {
     let (cluster, mut client) = preloaded("worker_restarts", "1s", &[]);
     let (live, token) = session(&mut client, false);
-    let first = worker_pid(&mut client).expect("the worker runs");
+    let first = launcher_pid(&mut client).expect("the launcher runs");
     let killed = Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
     assert!(killed.success());
 
     // The postmaster treats it as a crash: every backend restarts, so connect again until a
-    // connection made after the restart sees the new worker. (A connection can be accepted just
+    // connection made after the restart sees the new launcher. (A connection can be accepted just
     // before the restart and then dropped by it.)
     let mut client = None;
     assert!(eventually(Duration::from_secs(30), || {
@@ -129,7 +145,7 @@ fn a_killed_worker_is_restarted_and_cleanup_resumes_without_losing_live_sessions
             return false;
         };
         let restarted = fresh
-            .query_opt(WORKER_PID, &[])
+            .query_opt(LAUNCHER_PID, &[])
             .is_ok_and(|row| row.is_some_and(|r| r.get::<_, i32>(0) != first));
         client = restarted.then_some(fresh);
         restarted
@@ -161,7 +177,9 @@ fn fast_shutdown_is_not_delayed_even_while_the_worker_waits_for_a_lock() {
     assert!(eventually(Duration::from_secs(5), || {
         client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_ext cleanup' AND wait_event_type = 'Lock'",
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE backend_type = 'session_ext cleanup' AND application_name = 'session_ext cleanup'
+                    AND datname = 'postgres' AND wait_event_type = 'Lock'",
                 &[],
             )
             .unwrap()
@@ -207,7 +225,7 @@ fn a_streaming_replica_validates_read_only_and_runs_no_worker() {
         .unwrap()
         .get(0);
     assert!(mismatch, "a fingerprint mismatch is refused without an audit write");
-    assert_eq!(worker_pid(&mut standby), None, "no worker on a standby");
+    assert_eq!(launcher_pid(&mut standby), None, "no worker on a standby");
     let log = std::fs::read_to_string(replica.dir.join("server.log")).unwrap();
     assert!(!log.contains("ERROR"), "nothing errors on the replica:\n{log}");
     let recovering: bool = standby.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
@@ -271,4 +289,60 @@ fn a_refused_creation_is_audited_by_the_worker() {
             .get(0)
     };
     assert!(eventually(Duration::from_secs(5), || audited(&mut client) == 1), "the worker wrote the refusal");
+}
+
+#[test]
+fn a_served_database_can_be_copied_renamed_and_dropped_between_runs() {
+    let cluster = serving("worker_lets_go", "served", "1s", &[]);
+    create_served(&cluster, "served");
+    let mut admin = cluster.connect("postgres", "postgres");
+    admin.batch_execute("CREATE DATABASE copy TEMPLATE served").unwrap();
+    admin.batch_execute("ALTER DATABASE served RENAME TO renamed").unwrap();
+    admin.batch_execute("ALTER DATABASE renamed RENAME TO served").unwrap();
+    // Served under its name again: a run may be under way, which DROP waits for.
+    std::thread::sleep(Duration::from_secs(2));
+    admin.batch_execute("DROP DATABASE served").unwrap();
+}
+
+#[test]
+fn a_dropped_database_is_reported_once_and_served_again_when_it_returns() {
+    let cluster = serving("worker_dropped", "gone", "1s", &[]);
+    create_served(&cluster, "gone");
+    let dropped_at = server_log(&cluster).len();
+    cluster.connect("postgres", "postgres").batch_execute("DROP DATABASE gone WITH (FORCE)").unwrap();
+    let since_drop = || server_log(&cluster)[dropped_at..].to_string();
+    let reported = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"gone\" does not exist") && l.contains("session_ext.database"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), || reported(&since_drop()) == 1), "{}", since_drop());
+    let fatal = since_drop().matches("FATAL").count();
+    std::thread::sleep(Duration::from_secs(4));
+    let log = since_drop();
+    assert_eq!(reported(&log), 1, "said once, not at every interval:\n{log}");
+    assert_eq!(log.matches("FATAL").count(), fatal, "no FATAL at every interval:\n{log}");
+
+    create_served(&cluster, "gone");
+}
+
+#[test]
+fn no_free_worker_slot_is_one_warning_with_a_hint() {
+    // The launcher takes the only slot (logical replication's launcher, registered first, is
+    // off): no worker can start beside it.
+    let (cluster, _client) = preloaded(
+        "worker_no_slot",
+        "1s",
+        &["max_worker_processes = 1", "max_logical_replication_workers = 0"],
+    );
+    let warned = || {
+        server_log(&cluster)
+            .lines()
+            .filter(|l| l.contains("WARNING") && l.contains("no background worker slot is free"))
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), || warned() == 1));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(warned(), 1, "once, not at every interval");
+    assert!(server_log(&cluster).contains("HINT:  Raise max_worker_processes"));
 }

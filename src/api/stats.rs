@@ -45,14 +45,23 @@ fn workers() -> Value {
     let Some(shared) = shmem::snapshot() else {
         return json!({ "preloaded": false, "databases": [] });
     };
-    let databases: Vec<Value> = shared.workers[..shared.databases].iter().map(worker).collect();
-    json!({ "preloaded": true, "databases": databases, "refusals_dropped": shared.refusals_dropped })
+    let launcher = shared.launcher_pid != 0;
+    let databases: Vec<Value> =
+        shared.workers[..shared.databases].iter().map(|state| worker(state, launcher)).collect();
+    json!({
+        "preloaded": true,
+        "launcher_pid": launcher.then_some(shared.launcher_pid),
+        "databases": databases,
+        "refusals_dropped": shared.refusals_dropped,
+    })
 }
 
-fn worker(state: &WorkerState) -> Value {
+/// One served database. `running`: the launcher is up and the database exists; `pid`: the
+/// worker connected to it during a run, null between runs.
+fn worker(state: &WorkerState, launcher: bool) -> Value {
     json!({
         "database": state.database(),
-        "running": state.pid != 0,
+        "running": launcher && !state.missing,
         "pid": (state.pid != 0).then_some(state.pid),
         "in_run": state.in_run,
         "runs": state.runs,
