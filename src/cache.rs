@@ -135,10 +135,13 @@ unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact:
 
 /// 55000: the code reads and writes these objects below SQL, by their declared shape.
 fn altered(detail: String) -> ! {
-    ApiError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "session_ext's objects were altered")
-        .detail(detail)
-        .hint("Undo the change. Columns may be added to session_ext's tables; nothing else of theirs may change.")
-        .raise()
+    ApiError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "session_ext's objects were altered",
+    )
+    .detail(detail)
+    .hint("Undo the change. Columns may be added to session_ext's tables; nothing else of theirs may change.")
+    .raise()
 }
 
 /// A relation's owner and its number of attributes (dropped ones included), from pg_class.

@@ -181,7 +181,7 @@ pub fn register_worker_settings() {
     GucRegistry::define_string_guc(
         c"session_ext.database",
         c"Databases the cleanup worker cleans, comma-separated.",
-        c"One worker per database, started with the server when session_ext is preloaded.",
+        c"With session_ext preloaded, a launcher started with the server runs a short-lived worker in each of them every cleanup_interval; nothing stays connected between runs.",
         &DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),
