@@ -126,31 +126,37 @@ impl Served {
         Self { slot, name, last_cleanup: None, last_start: None, short_of_slots: false }
     }
 
-    /// The database's OID, or none when it does not exist: looked up in pg_database, recorded
+    /// The database's OID, or none when it does not exist or does not allow connections
+    /// (`ALLOW_CONNECTIONS false`, as before a planned drop): looked up in pg_database, recorded
     /// in shared memory, and its disappearance and return logged once each.
     fn look_up(&self) -> Option<pg_sys::Oid> {
         let name = CString::new(self.name.as_str()).expect("a GUC value has no NUL byte");
-        let oid = database_oid(&name).unwrap_or(pg_sys::InvalidOid);
-        let found = oid != pg_sys::InvalidOid;
+        let found = database(&name);
+        let oid = found.map_or(pg_sys::InvalidOid, |(oid, _)| oid);
+        let servable = matches!(found, Some((_, true)));
         let (was_missing, old_oid) = shmem::update_worker(self.slot, |w| {
             let before = (w.missing, w.database_oid);
-            w.missing = !found;
+            w.missing = !servable;
             w.database_oid = oid.to_u32();
             before
         });
-        match (found, was_missing) {
-            (false, false) => log!(
+        match (servable, was_missing, found) {
+            (false, false, None) => log!(
                 "session_ext: database \"{}\" does not exist; its cleanup is skipped until it is created (check session_ext.database)",
                 self.name
             ),
-            (true, true) => log!("session_ext: database \"{}\" exists now; its cleanup runs again", self.name),
+            (false, false, Some(_)) => log!(
+                "session_ext: database \"{}\" does not allow connections; its cleanup is skipped until it does (check session_ext.database)",
+                self.name
+            ),
+            (true, true, _) => log!("session_ext: database \"{}\" can be cleaned again", self.name),
             _ => {}
         }
         if old_oid != 0 && old_oid != oid.to_u32() {
             // Refusals in a database that is gone: nobody can write them.
             shmem::discard_refusals(old_oid);
         }
-        found.then_some(oid)
+        servable.then_some(oid)
     }
 
     /// Whether refused creations wait for a worker in this database.
@@ -217,11 +223,11 @@ impl Served {
     }
 }
 
-/// The OID of database `name`, if there is one. It scans pg_database's heap, as autovacuum's
-/// launcher does: a process connected to no database cannot open the shared catalogs' indexes
+/// The OID of database `name` and whether it allows connections, if there is one. It scans
+/// pg_database's heap, as autovacuum's launcher does: a process connected to no database cannot open the shared catalogs' indexes
 /// (`get_database_oid` fails there with "cannot read pg_class without having selected a
 /// database").
-fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
+fn database(name: &CStr) -> Option<(pg_sys::Oid, bool)> {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // SAFETY: a catalog scan in a transaction of its own, its key compared with `name` (which
     // outlives the scan) by `nameeq`, as `get_database_oid` compares it.
@@ -238,11 +244,13 @@ fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
         let index = pg_sys::Oid::from(pg_sys::DatabaseNameIndexId);
         let scan = pg_sys::systable_beginscan(catalog, index, false, std::ptr::null_mut(), 1, &mut key);
         let tuple = pg_sys::systable_getnext(scan);
-        let oid = (!tuple.is_null())
-            .then(|| (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
+        let found = (!tuple.is_null()).then(|| {
+            let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            (form.oid, form.datallowconn)
+        });
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(catalog, lock);
-        oid
+        found
     })
 }
 

@@ -326,6 +326,31 @@ fn a_dropped_database_is_reported_once_and_served_again_when_it_returns() {
     create_served(&cluster, "gone");
 }
 
+/// A database closed to connections (as before a planned drop) is skipped with one line, not a
+/// worker's FATAL at every interval, and cleaned again once it is open.
+#[test]
+fn a_database_closed_to_connections_is_reported_once_and_cleaned_again_when_opened() {
+    let cluster = serving("worker_closed", "closed", "1s", &[]);
+    create_served(&cluster, "closed");
+    let mut admin = cluster.connect("postgres", "postgres");
+    let closed_at = server_log(&cluster).len();
+    admin.batch_execute("ALTER DATABASE closed ALLOW_CONNECTIONS false").unwrap();
+    let since = || server_log(&cluster)[closed_at..].to_string();
+    let reported =
+        |log: &str| log.lines().filter(|l| l.contains("\"closed\" does not allow connections")).count();
+    assert!(eventually(Duration::from_secs(5), || reported(&since()) == 1), "{}", since());
+    std::thread::sleep(Duration::from_secs(4));
+    let log = since();
+    assert_eq!(reported(&log), 1, "said once, not at every interval:\n{log}");
+    assert_eq!(log.matches("FATAL").count(), 0, "no worker tried to connect:\n{log}");
+
+    admin.batch_execute("ALTER DATABASE closed ALLOW_CONNECTIONS true").unwrap();
+    let mut client = cluster.connect("postgres", "closed");
+    let (expired, _) = session(&mut client, true);
+    assert!(eventually(Duration::from_secs(15), || !exists(&mut client, expired)), "cleaned again");
+    assert!(since().contains("\"closed\" can be cleaned again"), "{}", since());
+}
+
 #[test]
 fn no_free_worker_slot_is_one_warning_with_a_hint() {
     // The launcher takes the only slot (logical replication's launcher, registered first, is
