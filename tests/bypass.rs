@@ -18,8 +18,19 @@ fn failure(e: postgres::Error) -> String {
 const CLUSTER: &str = "bypass";
 const ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
 
-fn validates(client: &mut Client, token: &str) -> bool {
-    client.query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token]).unwrap().get(0)
+/// An admin connection, and a session's token that a second connection has validated (so its
+/// backend has looked up its catalog facts) before opening the transaction it now sits in.
+fn pooled_in_open_transaction() -> (Client, Client, String) {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (_, token) = session_of(&mut admin, ALICE);
+    let mut pooled = harness::shared_cluster(CLUSTER).connect("postgres", &db);
+    let valid: bool = pooled
+        .query_one("SELECT (session_ext.validate_session($1)).id IS NOT NULL", &[&token])
+        .unwrap()
+        .get(0);
+    assert!(valid);
+    pooled.batch_execute("BEGIN; SELECT 1").unwrap();
+    (admin, pooled, token)
 }
 
 /// Cleanup resumes after the last row it picked with a (valid_until, id) row comparison; rows it
@@ -67,11 +78,7 @@ fn cleanup_in_batches_of_one_moves_past_rows_another_transaction_holds() {
 /// never build a wider row from the old one's fields.
 #[test]
 fn a_row_type_altered_by_another_connection_is_refused_not_misread() {
-    let (_, mut admin, db) = fresh(CLUSTER);
-    let (_, token) = session_of(&mut admin, ALICE);
-    let mut pooled = harness::shared_cluster(CLUSTER).connect("postgres", &db);
-    assert!(validates(&mut pooled, &token), "the backend has looked up its catalog facts");
-    pooled.batch_execute("BEGIN; SELECT 1").unwrap();
+    let (mut admin, mut pooled, token) = pooled_in_open_transaction();
 
     let attributes: Vec<String> = (0..40).map(|i| format!("ADD ATTRIBUTE extra{i} int")).collect();
     admin.batch_execute(&format!("ALTER TYPE session_ext.session_info {}", attributes.join(", "))).unwrap();
@@ -92,11 +99,7 @@ fn a_row_type_altered_by_another_connection_is_refused_not_misread() {
 /// while it is dead but not yet dropped it misses every session created since.
 #[test]
 fn the_token_index_rebuilt_concurrently_is_used_by_a_transaction_open_across_it() {
-    let (_, mut admin, db) = fresh(CLUSTER);
-    let (_, token) = session_of(&mut admin, ALICE);
-    let mut pooled = harness::shared_cluster(CLUSTER).connect("postgres", &db);
-    assert!(validates(&mut pooled, &token), "the backend has looked up its catalog facts");
-    pooled.batch_execute("BEGIN; SELECT 1").unwrap();
+    let (mut admin, mut pooled, token) = pooled_in_open_transaction();
 
     admin.batch_execute("REINDEX INDEX CONCURRENTLY session_ext.user_sessions_token_hash_key").unwrap();
     let (_, created_after) = session_of(&mut admin, ALICE);
