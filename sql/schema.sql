@@ -21,7 +21,8 @@ CREATE TABLE session_ext.user_sessions (
     user_id          uuid        NOT NULL,
     session_id       text        NOT NULL UNIQUE,
     token_hash       bytea       UNIQUE,
-    -- The token this session had before its last rotation: presenting it again is reuse.
+    -- Becomes root_token_hashes bytea[] in 0.4.0, which also adds token_key and
+    -- token_generation (sql/session_ext--0.3.0--0.4.0.sql, run by a fresh install too).
     previous_token_hash bytea,
     rotated_at       timestamptz,
     session_data     jsonb       NOT NULL DEFAULT '{}'::jsonb,

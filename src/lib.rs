@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod background;
 mod cache;
 mod db;
 mod definer;
@@ -35,8 +36,35 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 // COMMENT ON every object, so that psql's \d+ and \df+ document the extension. 0.2.0 added
-// nothing but these, so its upgrade script is also what a fresh install runs for them.
-extension_sql_file!("../sql/session_ext--0.1.0--0.2.0.sql", name = "comments", requires = ["finalize"]);
+// nothing but these, so its upgrade script is also what a fresh install runs for them, once
+// every function it comments on exists.
+extension_sql_file!(
+    "../sql/session_ext--0.1.0--0.2.0.sql",
+    name = "comments",
+    requires = [
+        api::check::is_session_active,
+        api::check::get_session,
+        api::check::touch_session,
+        api::check::validate_session,
+        api::cleanup::cleanup_expired_sessions,
+        api::create::create_user_session_with_token,
+        api::create::create_user_session_with_data,
+        api::create::create_user_session_with_id,
+        api::data::update_session_data,
+        api::devices::list_user_sessions,
+        api::devices::count_user_sessions,
+        api::revoke::revoke_session,
+        api::revoke::revoke_other_sessions,
+        api::revoke::revoke_all_user_sessions,
+        api::rotate::rotate_session_token,
+        api::stats::session_stats,
+        identity::current_user_id,
+    ]
+);
+
+// 0.4.0's token families: a fresh install changes the table as an update does, after the
+// comments it changes, so that both end with the same columns in the same order.
+extension_sql_file!("../sql/session_ext--0.3.0--0.4.0.sql", name = "families", requires = ["comments"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

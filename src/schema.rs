@@ -8,6 +8,7 @@ use pgrx::pg_sys::{BuiltinOid, PgOid};
 const UUID: PgOid = PgOid::BuiltIn(BuiltinOid::UUIDOID);
 const TEXT: PgOid = PgOid::BuiltIn(BuiltinOid::TEXTOID);
 const BYTEA: PgOid = PgOid::BuiltIn(BuiltinOid::BYTEAOID);
+const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(BuiltinOid::BYTEAARRAYOID);
 const JSONB: PgOid = PgOid::BuiltIn(BuiltinOid::JSONBOID);
 const INET: PgOid = PgOid::BuiltIn(BuiltinOid::INETOID);
 const INTERVAL: PgOid = PgOid::BuiltIn(BuiltinOid::INTERVALOID);
@@ -15,12 +16,12 @@ const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
 const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZOID);
 
 /// The types of the columns of `session_ext.user_sessions`, in column order.
-pub static SESSION_TYPES: [PgOid; 19] = [
+pub static SESSION_TYPES: [PgOid; 21] = [
     UUID,
     UUID,
     TEXT,
     BYTEA,
-    BYTEA,
+    BYTEA_ARRAY,
     TIMESTAMPTZ,
     JSONB,
     INT8,
@@ -35,6 +36,8 @@ pub static SESSION_TYPES: [PgOid; 19] = [
     TIMESTAMPTZ,
     TIMESTAMPTZ,
     TEXT,
+    BYTEA,
+    INT8,
 ];
 
 /// The types of the columns of `session_ext.session_audit_log`, in column order.
@@ -65,6 +68,8 @@ pub mod column {
     pub const VALID_UNTIL: usize = 17;
     pub const REVOKED_AT: usize = 18;
     pub const REVOKE_REASON: usize = 19;
+    pub const TOKEN_KEY: usize = 20;
+    pub const TOKEN_GENERATION: usize = 21;
 }
 
 /// The columns of `session_ext.session_info`, in its order, as columns of the table.
@@ -111,6 +116,8 @@ mod tests {
             ("valid_until", column::VALID_UNTIL),
             ("revoked_at", column::REVOKED_AT),
             ("revoke_reason", column::REVOKE_REASON),
+            ("token_key", column::TOKEN_KEY),
+            ("token_generation", column::TOKEN_GENERATION),
         ];
         for (name, number) in named {
             let attnum = Spi::get_one::<i16>(&format!(

@@ -14,6 +14,7 @@ const DAY: i32 = 86_400;
 pub static SESSION_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(DAY);
 pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(3_600);
 pub static TOUCH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static ROTATION_GRACE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_SESSION_DATA_BYTES: GucSetting<i32> = GucSetting::<i32>::new(65_536);
 pub static CLEANUP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static REVOKED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(3_600);
@@ -67,6 +68,15 @@ const INT_SETTINGS: &[IntSetting] = &[
         short: c"Minimum gap between two activity writes of one session.",
         long: c"validate_session records activity only when last_active_at is older than this.",
         setting: &TOUCH_INTERVAL,
+        min: 0,
+        max: i32::MAX,
+        seconds: true,
+    },
+    IntSetting {
+        name: c"session_ext.rotation_grace",
+        short: c"How long after a rotation the replaced token still works (0 = not at all).",
+        long: c"Within it the replaced token validates and rotates again to the same new token; after it, presenting the replaced token revokes the session (token_reuse).",
+        setting: &ROTATION_GRACE,
         min: 0,
         max: i32::MAX,
         seconds: true,
@@ -253,6 +263,10 @@ pub fn idle_timeout() -> Option<Interval> {
 
 pub fn touch_interval() -> Interval {
     seconds(TOUCH_INTERVAL.get())
+}
+
+pub fn rotation_grace() -> Interval {
+    seconds(ROTATION_GRACE.get())
 }
 
 pub fn revoked_retention() -> Interval {

@@ -2,9 +2,27 @@
 //!
 //! Only the SHA-256 of a token is ever stored or compared; the token itself is returned to
 //! the caller once and never written anywhere.
+//!
+//! Token families (SPEC §4 `rotate_session_token`): a session's first token is random (or the
+//! client's own); every rotation derives the next token from the one it replaces, with the
+//! session's secret key, which never leaves the database:
+//!
+//! ```text
+//! token = base64url(1 | session id (16) | generation (8, big-endian) | auth (16) | chain (32))
+//! auth  = HMAC-SHA-256(key, "session_ext token auth" | session id | generation), first 16 bytes
+//! chain = HMAC-SHA-256(key, "session_ext token next" | session id | generation | parent token)
+//! ```
+//!
+//! `auth` lets the database recognise any token of the family, however old, without storing it:
+//! a presented token names its session and generation, and only the key's holder can make a
+//! valid `auth` for them. `chain` makes the token depend on its parent: rotating the same parent
+//! again yields the same token (the grace window's idempotence), while the key alone, as a copy
+//! of the table holds it, computes no usable token — the parent is needed too, and the first
+//! token of every family was never stored.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
@@ -25,6 +43,69 @@ pub fn generate() -> Result<String, rand::rand_core::OsError> {
 
 pub fn hash(value: &str) -> TokenHash {
     Sha256::digest(value.as_bytes()).into()
+}
+
+/// A session's secret key: 256 bits from the operating system's generator.
+pub fn new_key() -> Result<[u8; 32], rand::rand_core::OsError> {
+    let mut key = [0u8; 32];
+    OsRng.try_fill_bytes(&mut key)?;
+    Ok(key)
+}
+
+const FORMAT: u8 = 1;
+const AUTH_BYTES: usize = 16;
+/// Bytes of a derived token before base64: format, session id, generation, auth, chain.
+const DERIVED_BYTES: usize = 1 + 16 + 8 + AUTH_BYTES + 32;
+
+/// What a derived token claims: its session and generation, with the MAC that proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Derived {
+    pub session: [u8; 16],
+    pub generation: u64,
+    auth: [u8; AUTH_BYTES],
+}
+
+fn mac(key: &[u8], label: &[u8], session: &[u8; 16], generation: u64) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(label);
+    mac.update(session);
+    mac.update(&generation.to_be_bytes());
+    mac
+}
+
+/// The token of `generation` for `session`, derived from `parent`, the token it replaces.
+pub fn derive(key: &[u8], session: &[u8; 16], generation: u64, parent: &str) -> String {
+    let auth = mac(key, b"session_ext token auth", session, generation).finalize().into_bytes();
+    let mut chain = mac(key, b"session_ext token next", session, generation);
+    chain.update(parent.as_bytes());
+    let mut bytes = Vec::with_capacity(DERIVED_BYTES);
+    bytes.push(FORMAT);
+    bytes.extend_from_slice(session);
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.extend_from_slice(&auth[..AUTH_BYTES]);
+    bytes.extend_from_slice(&chain.finalize().into_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The session and generation `token` claims, if it has the shape of a derived token (a
+/// client's own token may have it too: [`Derived::authentic`] tells).
+pub fn parse(token: &str) -> Option<Derived> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok().filter(|b| b.len() == DERIVED_BYTES && b[0] == FORMAT)?;
+    Some(Derived {
+        session: bytes[1..17].try_into().ok()?,
+        generation: u64::from_be_bytes(bytes[17..25].try_into().ok()?),
+        auth: bytes[25..25 + AUTH_BYTES].try_into().ok()?,
+    })
+}
+
+impl Derived {
+    /// Whether `key`, the claimed session's key, made this token's auth; compared in constant
+    /// time.
+    pub fn authentic(&self, key: &[u8]) -> bool {
+        mac(key, b"session_ext token auth", &self.session, self.generation)
+            .verify_truncated_left(&self.auth)
+            .is_ok()
+    }
 }
 
 /// Why a client-supplied token is refused, phrased to follow the argument's name.
@@ -126,6 +207,46 @@ mod tests {
             assert_eq!(check(&token), Ok(()));
             assert_eq!(URL_SAFE_NO_PAD.decode(&token).unwrap().len(), TOKEN_BYTES);
         }
+    }
+
+    const KEY: [u8; 32] = [7; 32];
+    const SESSION: [u8; 16] = [9; 16];
+
+    #[test]
+    fn a_derived_token_names_its_session_and_generation_and_passes_the_client_token_rules() {
+        let token = derive(&KEY, &SESSION, 3, "parent-token-of-at-least-32-characters");
+        assert_eq!(token.len(), 98);
+        assert_eq!(check(&token), Ok(()));
+        let derived = parse(&token).unwrap();
+        assert_eq!((derived.session, derived.generation), (SESSION, 3));
+        assert!(derived.authentic(&KEY));
+        assert!(!derived.authentic(&[8; 32]), "another session's key");
+    }
+
+    #[test]
+    fn derivation_is_a_function_of_key_session_generation_and_parent() {
+        let parent = "p".repeat(43);
+        let token = derive(&KEY, &SESSION, 1, &parent);
+        assert_eq!(token, derive(&KEY, &SESSION, 1, &parent), "the same parent, the same token");
+        for other in [
+            derive(&[8; 32], &SESSION, 1, &parent),
+            derive(&KEY, &[10; 16], 1, &parent),
+            derive(&KEY, &SESSION, 2, &parent),
+            derive(&KEY, &SESSION, 1, &"q".repeat(43)),
+        ] {
+            assert_ne!(token, other);
+        }
+    }
+
+    #[test]
+    fn a_forged_or_altered_token_is_not_authentic() {
+        let token = derive(&KEY, &SESSION, 5, &"p".repeat(43));
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        bytes[24] ^= 1; // generation 4, auth of 5
+        assert!(!parse(&URL_SAFE_NO_PAD.encode(&bytes)).unwrap().authentic(&KEY));
+        assert_eq!(parse(&generate().unwrap()), None, "a random token is not derived");
+        assert_eq!(parse(&token[..97]), None);
+        assert_eq!(parse(&"A".repeat(98)), None, "format byte 0");
     }
 
     #[test]

@@ -13,16 +13,16 @@
 //! recovery has finished, so a hot standby runs none.
 
 use crate::api::cleanup;
+use crate::background::{self, catching, in_transaction};
 use crate::events;
 use crate::internals;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
 use crate::shmem::{self, MAX_DATABASES};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime};
-use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgMemoryContexts, PgTryBuilder};
+use pgrx::{pg_sys, PgMemoryContexts};
 use std::ffi::{CStr, CString};
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// The postmaster waits this long before starting a launcher that exited with an error again.
@@ -301,31 +301,9 @@ impl Task {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
     let task = Task::from_datum(argument);
-    // SAFETY: PostgreSQL's own handler: SIGTERM makes the next CHECK_FOR_INTERRUPTS (also inside
-    // lock waits) end the process. SIGHUP stays ignored: a run reads the configuration afresh.
+    background::connect(task.database, c"session_ext cleanup");
+    // SAFETY: backend globals, and an exit callback taking a plain integer.
     unsafe {
-        internals::set_signal_handler(pg_sys::SIGTERM, internals::die);
-        pg_sys::BackgroundWorkerUnblockSignals();
-    }
-    // By OID: a database renamed since the launcher looked it up is still the right one.
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(task.database), None);
-    // SAFETY: settings of this process, set before any statement runs; static strings; then
-    // backend globals, and an exit callback taking a plain integer.
-    unsafe {
-        // It runs SQL as the bootstrap superuser: a database's `ALTER DATABASE ... SET
-        // search_path` must not redirect its statements.
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-        pg_sys::SetConfigOption(
-            c"application_name".as_ptr(),
-            c"session_ext cleanup".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
         let pid = pg_sys::MyProcPid;
         shmem::update_worker(task.slot, |w| w.pid = pid);
         pg_sys::before_shmem_exit(Some(worker_exit), pg_sys::Datum::from(task.slot));
@@ -425,36 +403,6 @@ impl Worker {
     }
 }
 
-/// Runs `body`; an error it raises ends its transaction, as PostgreSQL's own error recovery
-/// would, and comes back as "message (SQLSTATE)".
-fn catching<R>(body: impl FnOnce() -> R) -> Result<R, String> {
-    PgTryBuilder::new(AssertUnwindSafe(|| Ok(body())))
-        .catch_others(|error| {
-            // SAFETY: the failed transaction is rolled back; nothing of it is used afterwards.
-            unsafe { pg_sys::AbortCurrentTransaction() };
-            Err(error_message(&error))
-        })
-        .execute()
-}
-
-/// Runs `body` in a transaction of its own, committed when it returns.
-fn in_transaction<R>(body: impl FnOnce() -> R) -> R {
-    // SAFETY: a background worker with a connection (the launcher's to no database), between
-    // transactions.
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let result = body();
-    // SAFETY: the transaction and snapshot started above.
-    unsafe {
-        pg_sys::PopActiveSnapshot();
-        pg_sys::CommitTransactionCommand();
-    }
-    result
-}
-
 fn now() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
@@ -464,19 +412,6 @@ fn now() -> i64 {
 fn report_activity(state: pg_sys::BackendState::Type, query: Option<&CStr>) {
     // SAFETY: a static string or none.
     unsafe { pg_sys::pgstat_report_activity(state, query.map_or(std::ptr::null(), |q| q.as_ptr())) };
-}
-
-/// "message (SQLSTATE)" of a caught error.
-fn error_message(error: &CaughtError) -> String {
-    let report = match error {
-        CaughtError::PostgresError(report)
-        | CaughtError::ErrorReport(report)
-        | CaughtError::RustPanic { ereport: report, .. } => report,
-    };
-    // A SQLSTATE is packed six bits per character.
-    let packed = report.sql_error_code() as i32;
-    let sqlstate: String = (0..5).map(|i| char::from(((packed >> (6 * i)) & 0x3F) as u8 + b'0')).collect();
-    format!("{} ({sqlstate})", report.message())
 }
 
 #[cfg(test)]

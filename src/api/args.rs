@@ -147,13 +147,20 @@ fn not_an_object(kind: &str) -> ApiError {
 
 /// A fresh bearer token from the operating system's generator.
 pub fn new_token() -> ApiResult<String> {
-    token::generate().map_err(|e| {
-        ApiError::new(
-            pgrx::PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            "could not read the operating system's random generator",
-        )
-        .detail(e.to_string())
-    })
+    token::generate().map_err(no_randomness)
+}
+
+/// A fresh session key from the operating system's generator.
+pub fn new_key() -> ApiResult<[u8; 32]> {
+    token::new_key().map_err(no_randomness)
+}
+
+fn no_randomness(error: rand::rand_core::OsError) -> ApiError {
+    ApiError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+        "could not read the operating system's random generator",
+    )
+    .detail(error.to_string())
 }
 
 /// A revocation reason: a short label such as 'logout' or 'password_changed'.

@@ -1,13 +1,14 @@
 //! Checking sessions (SPEC §4 "Checking"): `is_session_active`, `get_session`,
 //! `touch_session` and the hot path, `validate_session`.
 
-use super::{active, args, lookup, on_own_session, on_session, replayed, revoke, session_info_row, Subject};
-use crate::db::{Columns, Statement, BYTEA, INTERVAL, UUID};
+use super::family::{self, Presented};
+use super::{active, args, lookup, on_own_session, on_session, reuse, session_info_row, Subject};
+use crate::db::{Columns, Statement, INTERVAL, UUID};
 use crate::definer;
 use crate::events::{self, Event};
 use crate::identity::{self, Scope};
 use crate::settings;
-use crate::token;
+use crate::token::{self, TokenHash};
 use crate::types::SessionInfo;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
@@ -88,20 +89,12 @@ static TOUCH: Statement = Statement::new(
     &[UUID, INTERVAL],
 );
 
-static ROTATED_AWAY: Statement = Statement::new(
-    concat!(
-        "SELECT s.id, s.user_id, s.ip_address, ",
-        active!(),
-        ", ",
-        replayed!(),
-        " FROM session_ext.user_sessions s WHERE s.previous_token_hash = $1"
-    ),
-    &[BYTEA],
-);
-
 /// The session a bearer token belongs to, or NULL. Activity is recorded at most once per
-/// `session_ext.touch_interval`. In a read-only transaction (hot standby, a PostgREST GET)
-/// nothing is written: no activity, no audit row, no revocation.
+/// `session_ext.touch_interval`. Within `session_ext.rotation_grace` after a rotation, the
+/// token it replaced still validates; any other earlier token of the session revokes it
+/// (`token_reuse`, committed even if the calling transaction rolls back). In a read-only
+/// transaction (a PostgREST GET) no activity or audit row is written, and on a hot standby
+/// nothing at all.
 #[pg_extern(volatile, parallel_unsafe)]
 fn validate_session(
     session_token: Option<&str>,
@@ -116,14 +109,15 @@ fn validate_session(
 }
 
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
-    let hash = token::hash(token);
     // SAFETY: reads a backend-global flag.
     let writable = !unsafe { pg_sys::XactReadOnly };
-    let Some(live) = lookup::live_by_token(&hash) else {
-        if writable {
-            Spi::connect(|client| detect_reuse(client, &hash));
+    let mut hash = token::hash(token);
+    let live = match lookup::live_by_token(&hash) {
+        Some(live) => live,
+        None => {
+            hash = Spi::connect(|client| successor(client, token, &hash))?;
+            lookup::live_by_token(&hash)?
         }
-        return None;
     };
     if !scope.covers(live.user_id) {
         return None;
@@ -161,12 +155,18 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
     Some(SessionInfo(live.info))
 }
 
-/// A token that is no session's current one may be a rotated-away one coming back.
-fn detect_reuse(client: &SpiClient<'_>, hash: &[u8]) {
-    if let Some(row) = ROTATED_AWAY.one(client, &[hash.into()]) {
-        if row.col::<bool>(5) == Some(true) {
-            revoke::token_reused(client, &Subject::from_row(&row, 1), row.col::<bool>(4) == Some(true));
+/// The hash of the token that a token which is no session's current one stands for: its
+/// successor when it was replaced within the grace window. An earlier token revokes its session.
+fn successor(client: &SpiClient<'_>, token: &str, hash: &TokenHash) -> Option<TokenHash> {
+    match family::recognize(client, token, hash) {
+        Presented::Replaced { current, .. } => Some(token::hash(&current)),
+        Presented::Earlier(member) => {
+            if member.active {
+                reuse::revoke_session(client, &member);
+            }
+            None
         }
+        Presented::Unknown => None,
     }
 }
 

@@ -182,6 +182,7 @@ impl NewRow<'_> {
             }
         });
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
+        let key = args::new_key()?;
         let subject = Subject { id, user_id: self.user_id, ip_address: o.ip_address };
         // The row of session_ext.user_sessions, column by column.
         let row = [
@@ -189,7 +190,7 @@ impl NewRow<'_> {
             self.user_id.into(),
             session_id.as_str().into(),
             self.token_hash.as_slice().into(),
-            DatumWithOid::null::<&[u8]>(),                 // previous_token_hash
+            DatumWithOid::null::<Vec<&[u8]>>(),            // root_token_hashes
             DatumWithOid::null::<TimestampWithTimeZone>(), // rotated_at
             db::arg_as(self.data, JSONB),
             1_i64.into(), // data_version
@@ -204,6 +205,8 @@ impl NewRow<'_> {
             valid_until.into(),
             DatumWithOid::null::<TimestampWithTimeZone>(), // revoked_at
             DatumWithOid::null::<&str>(),                  // revoke_reason
+            key.as_slice().into(),                         // token_key
+            0_i64.into(),                                  // token_generation
         ];
         Spi::connect(|client| {
             limits::before_create(client, self.user_id)?;

@@ -17,6 +17,17 @@ pub struct Live {
     pub last_active_at: i64,
     /// The `session_ext.session_info` of the session, ready to return.
     pub info: pg_sys::Datum,
+    pub token_generation: i64,
+    /// The bytea datum of `token_key`, in the caller's memory context.
+    token_key: pg_sys::Datum,
+}
+
+impl Live {
+    /// The session's secret key (`token_key`).
+    pub fn token_key(&self) -> Vec<u8> {
+        // SAFETY: a bytea datum `find` copied into the caller's memory context.
+        unsafe { Vec::<u8>::from_datum(self.token_key, false) }.expect("token_key is NOT NULL")
+    }
 }
 
 /// What the lookup copies out of the row while its buffer is pinned: plain values and datums
@@ -28,6 +39,8 @@ struct Found {
     fingerprint_hash: Option<pg_sys::Datum>,
     last_active_at: i64,
     info: pg_sys::Datum,
+    token_generation: i64,
+    token_key: pg_sys::Datum,
 }
 
 /// The active session whose current token hashes to `hash`, as `now()` and a fresh snapshot see
@@ -54,6 +67,8 @@ pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
             fingerprint_hash: found.fingerprint_hash.and_then(|d| Vec::<u8>::from_datum(d, false)),
             last_active_at: found.last_active_at,
             info: found.info,
+            token_generation: found.token_generation,
+            token_key: found.token_key,
         })
     }
 }
@@ -86,7 +101,7 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
             let natts = (*(*slot).tts_tupleDescriptor).natts;
             slot_getsomeattrs_int(slot, natts);
             // Columns are never fewer (dropped ones still count); checked so nothing can panic.
-            (natts as usize >= column::REVOKE_REASON).then(|| copy_out(slot, relations.info_type)).flatten()
+            (natts as usize >= column::TOKEN_GENERATION).then(|| copy_out(slot, relations.info_type)).flatten()
         } else {
             None
         };
@@ -132,6 +147,8 @@ unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) ->
                 .map(|d| pg_sys::Datum::from(pg_detoast_datum_copy(d.cast_mut_ptr()))),
             last_active_at: get(column::LAST_ACTIVE_AT).map_or(0, |d| d.value() as i64),
             info: HeapTupleHeaderGetDatum((*tuple).t_data),
+            token_generation: get(column::TOKEN_GENERATION).map_or(0, |d| d.value() as i64),
+            token_key: pg_sys::Datum::from(pg_detoast_datum_copy(get(column::TOKEN_KEY)?.cast_mut_ptr())),
         })
     }
 }

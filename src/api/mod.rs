@@ -7,8 +7,10 @@ pub(crate) mod cleanup;
 mod create;
 mod data;
 mod devices;
+mod family;
 mod limits;
 mod lookup;
+mod reuse;
 mod revoke;
 mod rotate;
 mod stats;
@@ -39,15 +41,6 @@ macro_rules! active {
     };
 }
 pub(crate) use active;
-
-/// True when a rotated-away token is presented by a transaction that began after the rotation:
-/// a replay, not a request that raced the rotation.
-macro_rules! replayed {
-    () => {
-        "s.rotated_at < pg_catalog.now()"
-    };
-}
-pub(crate) use replayed;
 
 static OWNER: Statement =
     Statement::new("SELECT s.user_id FROM session_ext.user_sessions s WHERE s.id = $1", &[UUID]);

@@ -2,8 +2,8 @@
 //! Every other way a session ends early (the per-user limit, token reuse) goes through
 //! [`revoke`] as well, so each revocation is audited and notified the same way.
 
-use super::{args, on_own_session, target_user, Subject};
-use crate::db::{Statement, TEXT, UUID};
+use super::{active, args, on_own_session, target_user, Subject};
+use crate::db::{Columns, Statement, TEXT, UUID};
 use crate::definer;
 use crate::events::{self, Event};
 use pgrx::datum::DatumWithOid;
@@ -47,15 +47,17 @@ pub fn revoke(
     revoked as i64
 }
 
-/// A rotated-away token came back: the reuse is recorded and the session, if still active,
-/// revoked with reason `token_reuse`.
-pub fn token_reused(client: &SpiClient<'_>, subject: &Subject, active: bool) {
-    pgrx::log!("session_ext: a rotated-away token of session {} was presented again", subject.id);
-    events::record(client, Event::TokenReuse, Some(subject), json!({}));
-    if active {
-        let reason = "token_reuse";
-        revoke(client, &REVOKE_ONE, &[reason.into(), subject.id.into()], reason);
-    }
+/// An earlier token of session `id` came back (`api::reuse`): the session, if still active, is
+/// revoked with reason `token_reuse`, recorded as a `token_reuse` and a `revoke` event.
+/// Returns whether it was active.
+pub fn token_reused(client: &SpiClient<'_>, id: Uuid) -> bool {
+    let reason = "token_reuse";
+    let revoked = REVOKE_ONE.each(client, &[reason.into(), id.into()], |row| {
+        let subject = Subject::from_row(row, 1);
+        events::record(client, Event::TokenReuse, Some(&subject), json!({}));
+        events::record(client, Event::Revoke, Some(&subject), json!({ "reason": reason }));
+    });
+    revoked == 1
 }
 
 /// Revokes one active session. True if it was active and now is not.
@@ -69,12 +71,24 @@ fn revoke_session(session_id: Option<Uuid>, reason: default!(Option<&str>, "'log
     })
 }
 
+// Locked, so that the session cannot end between this check and the revocations it allows.
+static STILL_ACTIVE: Statement = Statement::new(
+    concat!("SELECT ", active!(), " FROM session_ext.user_sessions s WHERE s.id = $1 FOR SHARE"),
+    &[UUID],
+);
+
 /// "Log out everywhere else": revokes every other active session of the owner of
-/// `current_session_id`. Returns how many.
+/// `current_session_id`. Returns how many. A session that is itself revoked or expired ends
+/// nothing (SPEC §4): the call returns 0 and records a `suspicious` event.
 #[pg_extern(volatile, parallel_unsafe)]
 fn revoke_other_sessions(current_session_id: Option<Uuid>) -> i64 {
     definer::as_owner(|| {
         on_own_session(current_session_id, "current_session_id", 0, |client, id, owner| {
+            if STILL_ACTIVE.one(client, &[id.into()]).and_then(|row| row.col::<bool>(1)) != Some(true) {
+                let details = json!({ "reason": "inactive_session", "function": "revoke_other_sessions" });
+                events::record(client, Event::Suspicious, Subject::of(client, id).as_ref(), details);
+                return 0;
+            }
             let reason = "logout_others";
             revoke(client, &REVOKE_OTHERS, &[reason.into(), owner.into(), id.into()], reason)
         })
@@ -132,6 +146,23 @@ mod tests {
         assert_eq!(count(&format!("SELECT session_ext.revoke_session('{unknown}')::int::bigint")), 0);
         assert_eq!(count(&format!("SELECT session_ext.revoke_other_sessions('{unknown}')")), 0);
         assert_eq!(reasons(), "-");
+    }
+
+    #[pg_test]
+    fn a_dead_session_ends_nothing() {
+        for end in ["revoked_at = now(), revoke_reason = 'logout'", "valid_until = now() - interval '1s'"] {
+            let (dead, _) = create(ALICE, "");
+            let (live, _) = create(ALICE, "");
+            Spi::run(&format!("UPDATE session_ext.user_sessions SET {end} WHERE id = '{dead}'")).unwrap();
+            assert_eq!(count(&format!("SELECT session_ext.revoke_other_sessions('{dead}')")), 0, "{end}");
+            let still_active = format!("SELECT count(*) FROM session_ext.user_sessions WHERE id = '{live}' AND revoked_at IS NULL");
+            assert_eq!(count(&still_active), 1, "{end}");
+            let suspicious = format!(
+                "SELECT count(*) FROM session_ext.session_audit_log WHERE session_id = '{dead}' AND event = 'suspicious'
+                    AND details = '{{\"reason\": \"inactive_session\", \"function\": \"revoke_other_sessions\"}}'"
+            );
+            assert_eq!(count(&suspicious), 1, "{end}");
+        }
     }
 
     #[pg_test(error = "invalid value for argument \"reason\"")]
