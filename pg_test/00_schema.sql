@@ -1,13 +1,13 @@
 -- Objects and layout (SPEC §2): table, columns, indexes, types, roles, RLS, pg_dump registration.
 \ir fixtures/begin.sql
-SELECT plan(28);
+SELECT plan(30);
 
 SELECT has_schema('session_ext');
 SELECT has_table('session_ext', 'user_sessions', 'the sessions table exists');
 SELECT columns_are('session_ext', 'user_sessions', ARRAY[
-    'id', 'user_id', 'session_id', 'token_hash', 'previous_token_hash', 'rotated_at', 'session_data', 'data_version', 'device_info',
+    'id', 'user_id', 'session_id', 'token_hash', 'root_token_hashes', 'rotated_at', 'session_data', 'data_version', 'device_info',
     'user_agent', 'ip_address', 'fingerprint_hash', 'created_at', 'last_active_at', 'expires_at',
-    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason'
+    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason', 'token_key', 'token_generation'
 ]);
 SELECT col_is_pk('session_ext', 'user_sessions', 'id', 'id is the primary key');
 SELECT col_type_is('session_ext', 'user_sessions', 'token_hash', 'bytea', 'only a hash of the token is stored');
@@ -21,7 +21,10 @@ SELECT has_index('session_ext', 'user_sessions', 'user_sessions_user_idx', ARRAY
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until', 'id'], 'expiry index');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at', 'id'], 'revocation index');
 
-SELECT has_index('session_ext', 'user_sessions', 'user_sessions_previous_token_idx', ARRAY['previous_token_hash'], 'reuse detection index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_root_tokens_idx', ARRAY['root_token_hashes'], 'reuse detection index of the token families'' roots');
+SELECT is((SELECT amname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam
+            WHERE c.oid = 'session_ext.user_sessions_root_tokens_idx'::regclass), 'gin', 'a GIN index finds a root in the arrays');
+SELECT col_not_null('session_ext', 'user_sessions', 'token_key', 'every session has its secret key');
 
 SELECT has_table('session_ext', 'session_audit_log', 'the audit log exists');
 SELECT columns_are('session_ext', 'session_audit_log', ARRAY[

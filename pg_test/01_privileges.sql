@@ -1,7 +1,7 @@
 -- Roles and privileges (SPEC §2, §3): who may execute what, functions that run as their caller
 -- and switch to the owner themselves, and that a user cannot reach the table except through them.
 \ir fixtures/begin.sql
-SELECT plan(33 + (SELECT count(*)::int FROM pg_catalog.pg_proc
+SELECT plan(35 + (SELECT count(*)::int FROM pg_catalog.pg_proc
                     WHERE pronamespace = 'session_ext'::regnamespace));
 
 -- The catalog rules every function in the schema must follow.
@@ -85,7 +85,9 @@ SET LOCAL request.jwt.claims = :alice_claims;
 SELECT results_eq($$SELECT user_id FROM session_ext.user_sessions$$, ARRAY[:alice::uuid], 'alice sees only her session');
 SELECT throws_ok($$SELECT token_hash FROM session_ext.user_sessions$$, '42501', NULL, 'token_hash is not readable');
 SELECT throws_ok($$SELECT fingerprint_hash FROM session_ext.user_sessions$$, '42501', NULL, 'fingerprint_hash is not readable');
-SELECT throws_ok($$SELECT previous_token_hash FROM session_ext.user_sessions$$, '42501', NULL, 'previous_token_hash is not readable');
+SELECT throws_ok($$SELECT root_token_hashes FROM session_ext.user_sessions$$, '42501', NULL, 'root_token_hashes is not readable');
+SELECT throws_ok($$SELECT token_key FROM session_ext.user_sessions$$, '42501', NULL, 'token_key is not readable');
+SELECT throws_ok($$SELECT token_generation FROM session_ext.user_sessions$$, '42501', NULL, 'token_generation is not readable');
 SELECT results_eq($$SELECT DISTINCT user_id FROM session_ext.session_audit_log$$, ARRAY[:alice::uuid], 'alice reads only her own events');
 SELECT throws_ok($$DELETE FROM session_ext.session_audit_log$$, '42501', NULL, 'no direct DELETE of audit rows');
 SELECT throws_ok($$INSERT INTO session_ext.user_sessions (id, user_id, session_id, expires_at, valid_until)

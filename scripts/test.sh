@@ -90,7 +90,7 @@ test_major() {
     (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
 
     say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
-    local extension_dir released old still_valid
+    local extension_dir released old still_valid families
     extension_dir="$("$PG_CONFIG" --sharedir)/extension"
     cluster_psql pgtap -c "CREATE DATABASE fresh_install"
     cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
@@ -101,14 +101,27 @@ test_major() {
         cluster_psql pgtap -c "CREATE DATABASE upgraded"
         cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
             CREATE TABLE kept AS SELECT s.token FROM generate_series(1, 5),
-                LATERAL session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s"
+                LATERAL session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s" -c "
+            CREATE TABLE rotated AS SELECT s.token AS previous, NULL::text AS current
+              FROM session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s" \
+            -c "UPDATE rotated SET current = (session_ext.rotate_session_token(previous)).token"
         cluster_psql pgtap -d upgraded -c "ALTER EXTENSION session_ext UPDATE"
         still_valid="$(cluster_psql pgtap -d upgraded -Atc "
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
             DROP TABLE kept")"
         [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
+        # The session rotated before the update joins a token family: its current token rotates,
+        # a retry within the grace gets the same token, and the token it remembered from before
+        # the update is still recognised as reused.
+        families="$(cluster_psql pgtap -d upgraded -At \
+            -c "CREATE TABLE next AS SELECT (session_ext.rotate_session_token(current)).token FROM rotated" \
+            -c "SELECT (SELECT token FROM next) = (session_ext.rotate_session_token(current)).token FROM rotated" \
+            -c "SELECT (session_ext.validate_session(previous)).id IS NULL FROM rotated" \
+            -c "SELECT string_agg(revoke_reason, ',') FROM session_ext.user_sessions" \
+            -c "DROP TABLE rotated, next")"
+        [ "$families" = $'t\nt\ntoken_reuse' ] || { echo "after the update from $old, families answered: $families" >&2; exit 1; }
         diff -u <(schema_of fresh_install) <(schema_of upgraded)
-        echo "$old -> $VERSION: 5/5 sessions validate, schema equals a fresh install"
+        echo "$old -> $VERSION: 5/5 sessions validate, a rotated session joined its token family, schema equals a fresh install"
         as_root rm "$extension_dir/session_ext--$old.sql"
         cluster_psql pgtap -c "DROP DATABASE upgraded"
     done

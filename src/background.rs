@@ -82,4 +82,3 @@ fn error_message(error: &CaughtError) -> String {
     let sqlstate: String = (0..5).map(|i| char::from(((packed >> (6 * i)) & 0x3F) as u8 + b'0')).collect();
     format!("{} ({sqlstate})", report.message())
 }
-

@@ -392,11 +392,19 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     live.push((alice.clone(), keyed, client_token.to_string(), None));
     let (rotated, old_token) = create(&mut api, &alice, "");
     let (revoked, revoked_token) = create(&mut api, &alice, "");
-    let new_token: String = request(&mut api, "authenticated", &claims(&alice), |tx| {
-        tx.query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&old_token]).map(|r| r.get(0))
-    })
-    .unwrap();
-    live.push((alice.clone(), rotated, new_token, None));
+    let rotate = |api: &mut Client, token: &str| -> String {
+        request(api, "authenticated", &claims(&alice), |tx| {
+            tx.query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&token]).map(|r| r.get(0))
+        })
+        .unwrap()
+    };
+    // A token family: T0 (the root), T1 (derived), T2 (current), its grace long past.
+    let derived_token = rotate(&mut api, &old_token);
+    let new_token = rotate(&mut api, &derived_token);
+    admin
+        .execute("UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 min' WHERE id = $1", &[&rotated])
+        .unwrap();
+    live.push((alice.clone(), rotated, new_token.clone(), None));
     request(&mut api, "authenticated", &claims(&alice), |tx| {
         tx.execute("SELECT session_ext.update_session_data($1, '{\"cart\": 3}')", &[&live[0].1])?;
         tx.execute("SELECT session_ext.revoke_session($1)", &[&revoked])
@@ -463,10 +471,13 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     assert_eq!(data, r#"{"k": 1, "cart": 3} v2"#);
 
     // The restored database keeps working: new sessions and audit rows (the audit id sequence
-    // came along), and a rotated-away token is still recognised as reused.
+    // came along), and the token family too: the restored key derives the same next token for
+    // every retry within the grace, and still recognises an earlier token as reused.
     let (fresh_id, fresh_token) = create(&mut restored, &bob, "");
     assert_eq!(validates(&mut restored, &bob, &fresh_token, None), Some(fresh_id));
-    assert_eq!(validates(&mut restored, &alice, &old_token, None), None);
+    let next = rotate(&mut restored, &new_token);
+    assert_eq!(rotate(&mut restored, &new_token), next, "a retry within the grace gets the same token");
+    assert_eq!(validates(&mut restored, &alice, &derived_token, None), None);
     let reason: Option<String> = restored_admin
         .query_one("SELECT revoke_reason FROM session_ext.user_sessions WHERE id = $1", &[&rotated])
         .unwrap()

@@ -190,7 +190,7 @@ impl NewRow<'_> {
             self.user_id.into(),
             session_id.as_str().into(),
             self.token_hash.as_slice().into(),
-            DatumWithOid::null::<Vec<&[u8]>>(),            // root_token_hashes
+            DatumWithOid::null::<Vec<&[u8]>>(), // root_token_hashes
             DatumWithOid::null::<TimestampWithTimeZone>(), // rotated_at
             db::arg_as(self.data, JSONB),
             1_i64.into(), // data_version

@@ -74,7 +74,9 @@ pub fn recognize(client: &SpiClient<'_>, token: &str, hash: &TokenHash) -> Prese
         (claimed.authentic(&family.key) && claimed.generation < family.generation).then_some(family)
     });
     // A token of the rotated shape that is no rotated token may still be a client's own root.
-    let family = rotated.or_else(|| FAMILY_BY_ROOT.one(client, &[hash.as_slice().into(), grace.into()]).map(|row| read(&row)));
+    let family = rotated.or_else(|| {
+        FAMILY_BY_ROOT.one(client, &[hash.as_slice().into(), grace.into()]).map(|row| read(&row))
+    });
     let Some(family) = family else {
         return Presented::Unknown;
     };

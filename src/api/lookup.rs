@@ -101,7 +101,9 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
             let natts = (*(*slot).tts_tupleDescriptor).natts;
             slot_getsomeattrs_int(slot, natts);
             // Columns are never fewer (dropped ones still count); checked so nothing can panic.
-            (natts as usize >= column::TOKEN_GENERATION).then(|| copy_out(slot, relations.info_type)).flatten()
+            (natts as usize >= column::TOKEN_GENERATION)
+                .then(|| copy_out(slot, relations.info_type))
+                .flatten()
         } else {
             None
         };

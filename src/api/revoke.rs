@@ -155,7 +155,9 @@ mod tests {
             let (live, _) = create(ALICE, "");
             Spi::run(&format!("UPDATE session_ext.user_sessions SET {end} WHERE id = '{dead}'")).unwrap();
             assert_eq!(count(&format!("SELECT session_ext.revoke_other_sessions('{dead}')")), 0, "{end}");
-            let still_active = format!("SELECT count(*) FROM session_ext.user_sessions WHERE id = '{live}' AND revoked_at IS NULL");
+            let still_active = format!(
+                "SELECT count(*) FROM session_ext.user_sessions WHERE id = '{live}' AND revoked_at IS NULL"
+            );
             assert_eq!(count(&still_active), 1, "{end}");
             let suspicious = format!(
                 "SELECT count(*) FROM session_ext.session_audit_log WHERE session_id = '{dead}' AND event = 'suspicious'

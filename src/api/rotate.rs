@@ -54,7 +54,12 @@ fn rotate_session_token(session_token: Option<&str>) -> Option<NewSession> {
                 // Nothing when a concurrent call rotated or revoked it first: then it is known below.
                 if let Some(row) = ROTATE.one(client, &args) {
                     let subject = Subject::from_row(&row, 1);
-                    events::record(client, Event::Rotate, Some(&subject), json!({ "generation": generation }));
+                    events::record(
+                        client,
+                        Event::Rotate,
+                        Some(&subject),
+                        json!({ "generation": generation }),
+                    );
                     let session_id = row.col(4).expect("session_id is NOT NULL");
                     let expires_at = row.col(5).expect("expires_at is NOT NULL");
                     return Ok(Some(NewSession::new(subject.id, session_id, next, expires_at)));

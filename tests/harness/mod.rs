@@ -187,6 +187,13 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connecting as {user} to {database}: {e}"))
     }
 
+    /// [`Cluster::start`], with the template database ready.
+    fn prepared(name: &str, conf: &[&str]) -> Cluster {
+        let cluster = Cluster::start(name, conf);
+        cluster.prepare_template();
+        cluster
+    }
+
     /// Creates the template database: session_ext installed and set up as the README's
     /// Supabase recipe says, with the Supabase roles.
     fn prepare_template(&self) {
@@ -212,14 +219,17 @@ impl Cluster {
     }
 }
 
-/// The cluster shared by the tests of one test binary.
+/// The cluster shared by the tests of one test binary, with session_ext preloaded.
 pub fn shared_cluster(name: &str) -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = Cluster::start(name, &["shared_preload_libraries = 'session_ext'"]);
-        cluster.prepare_template();
-        cluster
-    })
+    CLUSTER.get_or_init(|| Cluster::prepared(name, &["shared_preload_libraries = 'session_ext'"]))
+}
+
+/// A second cluster shared by the tests of one test binary, where session_ext is not preloaded:
+/// no worker and no shared memory of its own, as after a plain CREATE EXTENSION.
+pub fn unpreloaded_cluster(name: &str) -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::prepared(name, &[]))
 }
 
 /// The SQLSTATE of a failed call, for assertions.
