@@ -359,7 +359,10 @@ fn each_event_kind_is_audited_and_a_failed_call_audits_nothing() {
     // The old token comes back in a later request, past the rotation grace: token_reuse, then
     // the revoke it causes.
     admin
-        .execute("UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 min' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 min' WHERE id = $1",
+            &[&id],
+        )
         .unwrap();
     request(&mut api, OWNER.0, &alice_claims, |tx| {
         tx.execute("SELECT session_ext.validate_session($1)", &[&token])

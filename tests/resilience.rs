@@ -402,7 +402,10 @@ fn pg_dump_and_restore_keep_every_session_valid() {
     let derived_token = rotate(&mut api, &old_token);
     let new_token = rotate(&mut api, &derived_token);
     admin
-        .execute("UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 min' WHERE id = $1", &[&rotated])
+        .execute(
+            "UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 min' WHERE id = $1",
+            &[&rotated],
+        )
         .unwrap();
     live.push((alice.clone(), rotated, new_token.clone(), None));
     request(&mut api, "authenticated", &claims(&alice), |tx| {

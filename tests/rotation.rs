@@ -6,7 +6,9 @@
 
 mod harness;
 
-use harness::{begin_request, claims, fresh, request, session_of, shared_cluster, unpreloaded_cluster, ALICE};
+use harness::{
+    begin_request, claims, fresh, request, session_of, shared_cluster, unpreloaded_cluster, ALICE,
+};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::sync::{Arc, Barrier};
@@ -52,7 +54,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// Moves the session's last rotation past the default grace of 10 s.
 fn age_rotation(admin: &mut Client, id: Uuid) {
     admin
-        .execute("UPDATE session_ext.user_sessions SET rotated_at = now() - interval '11s' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE session_ext.user_sessions SET rotated_at = now() - interval '11s' WHERE id = $1",
+            &[&id],
+        )
         .unwrap();
 }
 
@@ -79,7 +84,10 @@ fn a_second_rotation_a_second_past_the_grace_revokes() {
     thread::sleep(Duration::from_secs(11));
     assert_eq!(rotate(&mut second, &t0), None);
     assert!(!validates(&mut first, &t1), "the token the first rotation issued died with the session");
-    assert_eq!(state(&mut admin, id), ("token_reuse".into(), strings(&["create", "rotate", "token_reuse", "revoke"])));
+    assert_eq!(
+        state(&mut admin, id),
+        ("token_reuse".into(), strings(&["create", "rotate", "token_reuse", "revoke"]))
+    );
 }
 
 #[test]
@@ -94,7 +102,10 @@ fn sixteen_connections_rotating_one_token_at_once_get_one_new_token() {
                 let mut api = shared_cluster(CLUSTER).connect("authenticator", &db);
                 let mut tx = begin_request(&mut api, "authenticated", &claims(ALICE)).unwrap();
                 start.wait();
-                let token = tx.query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&t0]).unwrap().get(0);
+                let token = tx
+                    .query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&t0])
+                    .unwrap()
+                    .get(0);
                 tx.commit().unwrap();
                 token
             })
@@ -126,7 +137,11 @@ fn every_earlier_token_revokes_once_with_one_notification_and_the_current_one_no
         assert_eq!(state(&mut admin, id).0, "-", "presenting T3 revokes nothing");
         assert!(!validates(&mut api, &tokens[earlier]), "T{earlier}");
         let expected = strings(&["create", "rotate", "rotate", "rotate", "token_reuse", "revoke"]);
-        assert_eq!(state(&mut admin, id), ("token_reuse".into(), expected), "T{earlier}: one token_reuse and its revoke");
+        assert_eq!(
+            state(&mut admin, id),
+            ("token_reuse".into(), expected),
+            "T{earlier}: one token_reuse and its revoke"
+        );
         assert!(!validates(&mut api, &tokens[3]), "T3 died with the session");
 
         let payloads: Vec<serde_json::Value> = listener
@@ -146,7 +161,11 @@ fn every_earlier_token_revokes_once_with_one_notification_and_the_current_one_no
 
 /// A reuse presented in a request that fails afterwards (a PostgREST pre-request check, then a
 /// statement that errors): the revocation, its audit rows and its notification stay.
-fn a_reuse_found_by_a_failing_request_stays_found(api: &mut Client, admin: &mut Client, listener: &mut Client) {
+fn a_reuse_found_by_a_failing_request_stays_found(
+    api: &mut Client,
+    admin: &mut Client,
+    listener: &mut Client,
+) {
     listener.batch_execute("LISTEN session_ext").unwrap();
     for call in ["validate_session", "rotate_session_token"] {
         let (id, t0) = session_of(admin, ALICE);
@@ -162,7 +181,11 @@ fn a_reuse_found_by_a_failing_request_stays_found(api: &mut Client, admin: &mut 
 
         assert!(!validates(api, &t1), "{call}: the thief's token is dead on the next request");
         let (reason, events) = state(admin, id);
-        assert_eq!((reason.as_str(), &events[2..]), ("token_reuse", &strings(&["token_reuse", "revoke"])[..]), "{call}");
+        assert_eq!(
+            (reason.as_str(), &events[2..]),
+            ("token_reuse", &strings(&["token_reuse", "revoke"])[..]),
+            "{call}"
+        );
         let actors: i64 = admin
             .query_one(
                 "SELECT count(*) FROM session_ext.session_audit_log WHERE session_id = $1 AND event IN ('token_reuse', 'revoke')
@@ -193,10 +216,12 @@ fn a_reuse_found_by_a_failing_request_stays_found_with_session_ext_preloaded() {
 fn a_reuse_found_by_a_failing_request_stays_found_without_preloading() {
     let cluster = unpreloaded_cluster("rotation_unpreloaded");
     let db = cluster.fresh_database();
-    let (mut api, mut admin, mut listener) =
-        (cluster.connect("authenticator", &db), cluster.connect("postgres", &db), cluster.connect("postgres", &db));
-    let preloaded: String =
-        admin.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
+    let (mut api, mut admin, mut listener) = (
+        cluster.connect("authenticator", &db),
+        cluster.connect("postgres", &db),
+        cluster.connect("postgres", &db),
+    );
+    let preloaded: String = admin.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
     assert!(!preloaded.contains("session_ext"));
     a_reuse_found_by_a_failing_request_stays_found(&mut api, &mut admin, &mut listener);
 }
