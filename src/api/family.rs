@@ -31,7 +31,7 @@ macro_rules! family_of {
 
 static FAMILY_BY_ID: Statement = Statement::new(family_of!("s.id = $1"), &[UUID, INTERVAL]);
 static FAMILY_BY_ROOT: Statement =
-    Statement::new(family_of!("s.root_token_hashes OPERATOR(pg_catalog.@>) ARRAY[$1]"), &[BYTEA, INTERVAL]);
+    Statement::new(family_of!("s.root_token_hashes @> ARRAY[$1]"), &[BYTEA, INTERVAL]);
 
 /// The session a presented token belongs to.
 pub struct Member {
