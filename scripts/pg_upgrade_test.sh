@@ -60,6 +60,9 @@ INSERT INTO kept SELECT 'rotated_from', s.id, s.token
   FROM session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s;
 INSERT INTO kept SELECT 'rotated_to', s.id, s.token
   FROM kept k, session_ext.rotate_session_token(k.token) s WHERE k.name = 'rotated_from';
+-- Past the rotation grace, so that the rotated-away token is reuse whenever it comes back.
+UPDATE session_ext.user_sessions SET rotated_at = now() - interval '1 minute'
+ WHERE id = (SELECT id FROM kept WHERE name = 'rotated_from');
 INSERT INTO kept SELECT 'revoked', s.id, s.token
   FROM session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s;
 SELECT session_ext.revoke_session(id) FROM kept WHERE name = 'revoked';

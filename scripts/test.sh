@@ -90,7 +90,7 @@ test_major() {
     (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
 
     say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
-    local extension_dir released old still_valid families
+    local extension_dir released old still_valid families mismatch
     extension_dir="$("$PG_CONFIG" --sharedir)/extension"
     cluster_psql pgtap -c "CREATE DATABASE fresh_install"
     cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
@@ -99,12 +99,23 @@ test_major() {
         old="${old%.sql}"
         as_root cp "$released" "$extension_dir/"
         cluster_psql pgtap -c "CREATE DATABASE upgraded"
+        # Sessions as that version's library wrote them (this run has only the new library): five
+        # live ones, and one rotated a minute ago, whose previous token that version remembered.
         cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
-            CREATE TABLE kept AS SELECT s.token FROM generate_series(1, 5),
-                LATERAL session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s" -c "
-            CREATE TABLE rotated AS SELECT s.token AS previous, NULL::text AS current
-              FROM session_ext.create_user_session(user_id => gen_random_uuid(), session_data => '{}') s" \
-            -c "UPDATE rotated SET current = (session_ext.rotate_session_token(previous)).token"
+            CREATE TABLE kept AS SELECT 'kept-' || i || '-' || md5(random()::text) AS token FROM generate_series(1, 5) i;
+            CREATE TABLE rotated AS SELECT 'previous-' || md5(random()::text) AS previous, 'current-' || md5(random()::text) AS current;
+            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until)
+                SELECT k.id, gen_random_uuid(), k.id::text, sha256(convert_to(k.token, 'UTF8')), now() + '1 day', now() + '1 day'
+                  FROM (SELECT gen_random_uuid() AS id, token FROM kept) k;
+            INSERT INTO session_ext.user_sessions
+                   (id, user_id, session_id, token_hash, previous_token_hash, rotated_at, expires_at, valid_until)
+                SELECT r.id, gen_random_uuid(), r.id::text, sha256(convert_to(r.current, 'UTF8')),
+                       sha256(convert_to(r.previous, 'UTF8')), now() - interval '1 minute', now() + '1 day', now() + '1 day'
+                  FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r"
+        # Until the update, the new library refuses the old objects, and says what to do.
+        mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"
+        grep -q "objects in this database are version $old, its library is $VERSION" <<<"$mismatch" ||
+            { echo "before the update from $old, a call answered: $mismatch" >&2; exit 1; }
         cluster_psql pgtap -d upgraded -c "ALTER EXTENSION session_ext UPDATE"
         still_valid="$(cluster_psql pgtap -d upgraded -Atc "
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;

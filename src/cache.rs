@@ -12,7 +12,7 @@ use crate::errors::ApiError;
 use crate::internals;
 use crate::schema::{AUDIT_TYPES, NEW_SESSION_TYPES, SESSION_INFO, SESSION_TYPES};
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::{pg_guard, PgSqlErrorCode};
+use pgrx::{pg_guard, PgSqlErrorCode, Spi};
 use std::cell::Cell;
 use std::ffi::CStr;
 
@@ -133,15 +133,29 @@ unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact:
     altered(problem)
 }
 
-/// 55000: the code reads and writes these objects below SQL, by their declared shape.
+/// 55000: the code reads and writes these objects below SQL, by their declared shape. Objects of
+/// another version than the library's (a new package installed, `ALTER EXTENSION ... UPDATE`
+/// not yet run) are said to be that.
 fn altered(detail: String) -> ! {
-    ApiError::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "session_ext's objects were altered",
-    )
-    .detail(detail)
-    .hint("Undo the change. Columns may be added to session_ext's tables; nothing else of theirs may change.")
-    .raise()
+    let library = env!("CARGO_PKG_VERSION");
+    let installed = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'session_ext'",
+    );
+    let error = match installed {
+        Ok(Some(version)) if version != library => ApiError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("session_ext's objects in this database are version {version}, its library is {library}"),
+        )
+        .detail("The library was updated; this database's objects were not.")
+        .hint("Run ALTER EXTENSION session_ext UPDATE in this database."),
+        _ => ApiError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "session_ext's objects were altered",
+        )
+        .detail(detail)
+        .hint("Undo the change. Columns may be added to session_ext's tables; nothing else of theirs may change."),
+    };
+    error.raise()
 }
 
 /// A relation's owner and its number of attributes (dropped ones included), from pg_class.

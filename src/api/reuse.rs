@@ -69,7 +69,10 @@ fn detached(id: Uuid) -> Result<(), String> {
     // SAFETY: a segment of the request's size, mapped until it is detached below (or, after an
     // error, at the end of the transaction); the request is written before any worker can see it.
     let (segment, request) = unsafe {
-        let segment = pg_sys::dsm_create(size_of::<Request>(), 0);
+        let segment = pg_sys::dsm_create(size_of::<Request>(), pg_sys::DSM_CREATE_NULL_IF_MAXSEGMENTS as _);
+        if segment.is_null() {
+            return Err("no dynamic shared memory segment was free".to_string());
+        }
         let request = pg_sys::dsm_segment_address(segment).cast::<Request>();
         request.write(Request {
             database: pg_sys::MyDatabaseId,
