@@ -61,3 +61,19 @@ SELECT session_id, device_info FROM session_ext.user_sessions ORDER BY created_a
 
 \echo '\n--- 9. Health: sessions by state and the cleanup worker, from session_stats()'
 SELECT jsonb_pretty(session_ext.session_stats() - 'settings') AS session_stats;
+
+\echo '\n--- 10. Token rotation: tabs that race a rotation get the same new token; an older token ends the session'
+BEGIN;
+SELECT set_config('role', 'demo_app', true), set_config('request.jwt.claims', '{"sub":"' || :'alice' || '"}', true) \g /dev/null
+SELECT token AS rotated_token FROM session_ext.rotate_session_token(:'web_token') \gset
+\echo 'A second tab (or a retry) rotates the same token within session_ext.rotation_grace:'
+SELECT (session_ext.rotate_session_token(:'web_token')).token = :'rotated_token' AS same_new_token;
+SELECT token AS rotated_again FROM session_ext.rotate_session_token(:'rotated_token') \gset
+COMMIT;
+\echo 'The first token comes back two rotations later (a thief, or a stale device): the session ends for everyone'
+BEGIN;
+SELECT set_config('role', 'demo_app', true), set_config('request.jwt.claims', '{"sub":"' || :'alice' || '"}', true) \g /dev/null
+SELECT session_ext.validate_session(session_token => :'web_token') IS NULL AS rejected,
+       session_ext.validate_session(session_token => :'rotated_again') IS NULL AS current_token_rejected_too;
+COMMIT;
+SELECT event, details FROM session_ext.session_audit_log WHERE session_id = :'web_id' ORDER BY id;
