@@ -1,7 +1,7 @@
 -- Roles and privileges (SPEC §2, §3): who may execute what, functions that run as their caller
 -- and switch to the owner themselves, and that a user cannot reach the table except through them.
 \ir fixtures/begin.sql
-SELECT plan(35 + (SELECT count(*)::int FROM pg_catalog.pg_proc
+SELECT plan(37 + (SELECT count(*)::int FROM pg_catalog.pg_proc
                     WHERE pronamespace = 'session_ext'::regnamespace));
 
 -- The catalog rules every function in the schema must follow.
@@ -109,6 +109,8 @@ RESET ROLE;
 SET LOCAL ROLE service_role;
 SET LOCAL request.jwt.claims = '{"role":"service_role"}';
 SELECT is((SELECT count(*) FROM made WHERE session_ext.is_session_active(id)), 2::bigint, 'service_role sees every session');
+SELECT ok((SELECT count(token_hash) FROM session_ext.user_sessions) >= 2, 'an admin reads the table, hashes included');
+SELECT throws_ok($$SELECT token_key FROM session_ext.user_sessions$$, '42501', NULL, 'not even an admin reads the session keys');
 RESET ROLE;
 
 SELECT * FROM finish();

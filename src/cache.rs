@@ -139,7 +139,7 @@ unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact:
 fn altered(detail: String) -> ! {
     let library = env!("CARGO_PKG_VERSION");
     let installed = Spi::get_one::<String>(
-        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'session_ext'",
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'session_ext'",
     );
     let error = match installed {
         Ok(Some(version)) if version != library => ApiError::new(

@@ -161,9 +161,7 @@ fn successor(client: &SpiClient<'_>, token: &str, hash: &TokenHash) -> Option<To
     match family::recognize(client, token, hash) {
         Presented::Replaced { current, .. } => Some(token::hash(&current)),
         Presented::Earlier(member) => {
-            if member.active {
-                reuse::revoke_session(client, &member);
-            }
+            reuse::presented_again(client, &member);
             None
         }
         Presented::Unknown => None,

@@ -30,8 +30,12 @@ macro_rules! family_of {
 }
 
 static FAMILY_BY_ID: Statement = Statement::new(family_of!("s.id = $1"), &[UUID, INTERVAL]);
-static FAMILY_BY_ROOT: Statement =
-    Statement::new(family_of!("s.root_token_hashes @> ARRAY[$1]"), &[BYTEA, INTERVAL]);
+// A client may have given its own token to a session again after the session that first had it
+// ended; the live one is the one it stands for.
+static FAMILY_BY_ROOT: Statement = Statement::new(
+    family_of!("s.root_token_hashes @> ARRAY[$1] ORDER BY 6 DESC, s.rotated_at DESC LIMIT 1"),
+    &[BYTEA, INTERVAL],
+);
 
 /// The session a presented token belongs to.
 pub struct Member {

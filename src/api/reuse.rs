@@ -4,160 +4,284 @@
 //! notification are committed by a short-lived background worker in a transaction of its own,
 //! while the caller waits for it: when the call returns, the session is revoked for every
 //! connection, whatever becomes of the caller's transaction, and a crash afterwards loses
-//! nothing. The worker is registered on demand, so this needs no preloading, and hands its
-//! outcome back through a dynamic shared memory segment, as parallel query's workers do.
+//! nothing. The worker is registered on demand, so this needs no preloading. Its request travels
+//! in its registration (so it acts even if the caller is cancelled before it starts); its answer
+//! comes back through a dynamic shared memory segment, as parallel query's workers answer.
 //!
-//! Where no worker can do it, the revocation is made in the caller's transaction (as before
-//! 0.4.0) and is undone if that transaction rolls back: when no worker slot is free (a WARNING
-//! says so), when the caller's transaction has itself written or locked the session's row (the
-//! worker would wait for the caller, which waits for the worker), or when another transaction
-//! holds the row for longer than the worker's `lock_timeout` of 1 s. On a hot standby nothing
-//! can be written at all.
+//! When the caller cannot wait for it — its own transaction has written or locked the session's
+//! row, so the worker would wait for the caller that waits for it; the row stayed locked by
+//! another transaction past the worker's 1 s `lock_timeout` — the caller revokes in its own
+//! transaction, and a second worker, which the caller does not wait for, waits for the row (up to
+//! 10 minutes) and revokes again if that transaction rolls back. Only without a free worker slot (a WARNING says
+//! so) does the revocation live or die with the caller's transaction. A hot standby writes
+//! nothing.
 
 use super::family::Member;
 use super::revoke;
 use crate::background;
 use crate::definer;
-use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use crate::events::{self, Event};
+use crate::settings;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
+use serde_json::json;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// What the caller hands the worker, and the worker's answer, in shared memory.
-#[repr(C)]
-struct Request {
-    database: pg_sys::Oid,
-    /// The role that called the API function, recorded as the events' actor.
-    role: pg_sys::Oid,
-    session: [u8; 16],
-    /// The caller's user id from its JWT claims, recorded as the events' actor user.
-    actor_user: Option<[u8; 16]>,
-    outcome: AtomicU8,
-}
-
-const PENDING: u8 = 0;
-/// The worker committed: the session is revoked, or was no longer active.
-const DONE: u8 = 1;
-const FAILED: u8 = 2;
-
-/// Revokes `member`'s session for the reuse of one of its earlier tokens: reason
-/// `token_reuse`, a `token_reuse` and a `revoke` audit row, a notification.
-pub fn revoke_session(client: &SpiClient<'_>, member: &Member) {
+/// An earlier token of `member`'s session was presented: an active session is revoked (reason
+/// `token_reuse`, a `token_reuse` and a `revoke` audit row, a notification); for a session that
+/// already ended, the `token_reuse` event is recorded in the caller's transaction.
+pub fn presented_again(client: &SpiClient<'_>, member: &Member) {
     let id = member.subject.id;
-    pgrx::log!("session_ext: an earlier token of session {id} was presented again");
     // SAFETY: reads shared recovery state and a backend-global flag.
     let (standby, read_only) = unsafe { (pg_sys::RecoveryInProgress(), pg_sys::XactReadOnly) };
+    if !member.active {
+        if !read_only {
+            events::record(client, Event::TokenReuse, Some(&member.subject), json!({ "active": false }));
+        }
+        return;
+    }
+    pgrx::log!("session_ext: an earlier token of session {id} was presented again");
     if standby {
         return;
     }
+    let request = Request::of(id);
     if !member.written_here {
-        match detached(id) {
+        match request.run_and_wait() {
             Ok(()) => return,
-            Err(why) => pgrx::log!("session_ext revokes session {id} in the caller's transaction: {why}"),
+            Err(Failure::NoSlot) => {
+                warn_no_slot();
+                if !read_only {
+                    revoke::token_reused(client, id);
+                }
+                return;
+            }
+            Err(Failure::NotCommitted) => {}
         }
     }
     if !read_only {
         revoke::token_reused(client, id);
     }
+    // If this transaction rolls back, the revocation it made goes with it: a worker waits for
+    // the row and makes it again.
+    if (Request { after_caller: true, ..request }).start(None).is_err() {
+        warn_no_slot();
+    }
 }
 
-/// Has a worker revoke session `id` and commit, and waits for it.
-fn detached(id: Uuid) -> Result<(), String> {
-    // SAFETY: a segment of the request's size, mapped until it is detached below (or, after an
-    // error, at the end of the transaction); the request is written before any worker can see it.
-    let (segment, request) = unsafe {
-        let segment = pg_sys::dsm_create(size_of::<Request>(), pg_sys::DSM_CREATE_NULL_IF_MAXSEGMENTS as _);
-        if segment.is_null() {
-            return Err("no dynamic shared memory segment was free".to_string());
-        }
-        let request = pg_sys::dsm_segment_address(segment).cast::<Request>();
-        request.write(Request {
-            database: pg_sys::MyDatabaseId,
+fn warn_no_slot() {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        "session_ext could not start a worker to revoke a session whose token was reused: no background worker slot is free",
+        "session_ext reuse detection",
+    )
+    .set_detail("The session is revoked in the calling transaction, and stays active if that transaction rolls back.")
+    .set_hint("Raise max_worker_processes (it takes a restart); parallel queries and other extensions share its slots.")
+    .report(PgLogLevel::WARNING);
+}
+
+/// Why a worker did not revoke for the caller.
+enum Failure {
+    NoSlot,
+    NotCommitted,
+}
+
+/// What the worker is asked to do. The two OIDs travel in its argument, the rest in its
+/// `bgw_extra` (at most 127 bytes): the session and actor ids in base64, flags, the reply
+/// segment in hex, and the notification channel, which a NAMEDATALEN name keeps under 64 bytes.
+#[derive(Debug, Clone, PartialEq)]
+struct Request {
+    database: pg_sys::Oid,
+    /// The role that called the API function, recorded as the events' actor.
+    role: pg_sys::Oid,
+    session: Uuid,
+    /// The caller's user id from its JWT claims, recorded as the events' actor user.
+    actor: Option<Uuid>,
+    /// The caller's `session_ext.audit` and `session_ext.notify_channel`.
+    audit: bool,
+    channel: String,
+    /// The caller does not wait: wait for its transaction's row lock, however long it lasts.
+    after_caller: bool,
+}
+
+const UUID_CHARS: usize = 22;
+const NO_ACTOR: &str = "----------------------";
+
+impl Request {
+    fn of(session: Uuid) -> Request {
+        Request {
+            // SAFETY: a backend global, set once connected.
+            database: unsafe { pg_sys::MyDatabaseId },
             role: definer::caller(),
-            session: *id.as_bytes(),
-            actor_user: crate::identity::actor().1.map(|user| *user.as_bytes()),
-            outcome: AtomicU8::new(PENDING),
-        });
-        (segment, &*request)
-    };
-    // SAFETY: reads the segment's handle and this process's id.
-    let (handle, pid) = unsafe { (pg_sys::dsm_segment_handle(segment), pg_sys::MyProcPid) };
-    let started = BackgroundWorkerBuilder::new("session_ext revoke")
-        .set_type("session_ext revoke")
-        .set_library("session_ext")
-        .set_function("session_ext_reuse_worker")
-        .set_argument(Some(pg_sys::Datum::from(handle as usize)))
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
-        .set_notify_pid(pid)
-        .load_dynamic();
-    let outcome = match started {
-        Ok(worker) => {
+            session,
+            actor: crate::identity::actor().1,
+            audit: settings::AUDIT.get(),
+            channel: settings::notify_channel().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
+            after_caller: false,
+        }
+    }
+
+    fn argument(&self) -> pg_sys::Datum {
+        pg_sys::Datum::from((self.database.to_u32() as usize) << 32 | self.role.to_u32() as usize)
+    }
+
+    fn extra(&self, reply: pg_sys::dsm_handle) -> String {
+        let actor = self.actor.map_or_else(|| NO_ACTOR.to_string(), |a| URL_SAFE_NO_PAD.encode(a.as_bytes()));
+        let flags = u8::from(self.audit) | u8::from(self.after_caller) << 1;
+        let session = URL_SAFE_NO_PAD.encode(self.session.as_bytes());
+        format!("{session}{actor}{flags}{reply:08x}{}", self.channel)
+    }
+
+    fn parse(argument: pg_sys::Datum, extra: &str) -> Option<(Request, pg_sys::dsm_handle)> {
+        let uuid = |text: &str| {
+            let bytes: [u8; 16] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
+            Some(Uuid::from_bytes(bytes))
+        };
+        let packed = argument.value();
+        let flags: u8 = extra.get(2 * UUID_CHARS..2 * UUID_CHARS + 1)?.parse().ok()?;
+        let reply_at = 2 * UUID_CHARS + 1;
+        let reply = pg_sys::dsm_handle::from_str_radix(extra.get(reply_at..reply_at + 8)?, 16).ok()?;
+        let actor = extra.get(UUID_CHARS..2 * UUID_CHARS)?;
+        let request = Request {
+            database: pg_sys::Oid::from((packed >> 32) as u32),
+            role: pg_sys::Oid::from(packed as u32),
+            session: uuid(extra.get(..UUID_CHARS)?)?,
+            actor: if actor == NO_ACTOR { None } else { Some(uuid(actor)?) },
+            audit: flags & 1 == 1,
+            after_caller: flags & 2 == 2,
+            channel: extra.get(reply_at + 8..)?.to_string(),
+        };
+        Some((request, reply))
+    }
+
+    /// Registers a worker for this request, with `reply` to answer in.
+    fn start(
+        &self,
+        reply: Option<pg_sys::dsm_handle>,
+    ) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, Failure> {
+        BackgroundWorkerBuilder::new("session_ext revoke")
+            .set_type("session_ext revoke")
+            .set_library("session_ext")
+            .set_function("session_ext_reuse_worker")
+            .set_argument(Some(self.argument()))
+            .set_extra(&self.extra(reply.unwrap_or(0)))
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(None)
+            // SAFETY: reads a backend global.
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
+            .load_dynamic()
+            .map_err(|_| Failure::NoSlot)
+    }
+
+    /// Has a worker revoke the session and commit, and waits for it.
+    fn run_and_wait(&self) -> Result<(), Failure> {
+        // SAFETY: a segment for the answer, mapped until it is detached below (or, after an error,
+        // at the end of the transaction).
+        let segment =
+            unsafe { pg_sys::dsm_create(size_of::<AtomicU8>(), pg_sys::DSM_CREATE_NULL_IF_MAXSEGMENTS as _) };
+        if segment.is_null() {
+            return Err(Failure::NotCommitted);
+        }
+        // SAFETY: the segment just created, large enough for the answer.
+        let (answer, handle) = unsafe {
+            let answer = pg_sys::dsm_segment_address(segment).cast::<AtomicU8>();
+            answer.write(AtomicU8::new(PENDING));
+            (&*answer, pg_sys::dsm_segment_handle(segment))
+        };
+        let outcome = self.start(Some(handle)).map(|worker| {
             // Interruptible: a cancelled caller leaves the worker to finish on its own.
             let _ = worker.wait_for_shutdown();
-            match request.outcome.load(Ordering::Acquire) {
-                DONE => Ok(()),
-                _ => Err("the revoking worker did not commit (see its log line)".to_string()),
-            }
+            answer.load(Ordering::Acquire)
+        });
+        // SAFETY: the segment created above; `answer` is not used after this.
+        unsafe { pg_sys::dsm_detach(segment) };
+        match outcome? {
+            COMMITTED => Ok(()),
+            _ => Err(Failure::NotCommitted),
         }
-        Err(_) => {
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                "session_ext could not start a worker to revoke a session whose token was reused: no background worker slot is free",
-                "session_ext reuse detection",
-            )
-            .set_detail("The session is revoked in the calling transaction, and stays active if that transaction rolls back.")
-            .set_hint("Raise max_worker_processes (it takes a restart); parallel queries and other extensions share its slots.")
-            .report(PgLogLevel::WARNING);
-            Err("no background worker slot was free".to_string())
-        }
-    };
-    // SAFETY: the segment created above; `request` is not used after this.
-    unsafe { pg_sys::dsm_detach(segment) };
-    outcome
+    }
 }
 
-/// The worker: revokes the session of its request in a transaction of its own, as the role
-/// that called the API function, and reports whether it committed.
+const PENDING: u8 = 0;
+const COMMITTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// The worker: revokes the session of its request in a transaction of its own, as the role that
+/// called the API function, and answers whether it committed.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn session_ext_reuse_worker(argument: pg_sys::Datum) {
-    // SAFETY: the caller's segment; NULL when the caller is gone (nothing to report to, and
-    // its transaction's fate decides the revocation).
-    let segment = unsafe { pg_sys::dsm_attach(argument.value() as pg_sys::dsm_handle) };
-    if segment.is_null() {
+    let Some((request, reply)) = Request::parse(argument, BackgroundWorker::get_extra()) else {
+        log!("session_ext revoke worker: a malformed request");
         return;
-    }
-    // SAFETY: the caller wrote the request before registering this worker.
-    let request = unsafe { &*pg_sys::dsm_segment_address(segment).cast::<Request>() };
+    };
     background::connect(request.database, c"session_ext revoke");
-    // Another transaction may hold the row, and the caller waits: a long wait is worse than the
-    // caller revoking in its own transaction.
-    background::set(c"lock_timeout", c"1s");
-    if let Some(user) = request.actor_user {
-        let claims = format!("{{\"sub\": \"{}\"}}", Uuid::from_bytes(user));
+    // A caller that waits must not wait long: a row another transaction holds is revoked by
+    // the caller instead (and by a worker that waits for it).
+    background::set(c"lock_timeout", if request.after_caller { c"10min" } else { c"1s" });
+    background::set(c"session_ext.audit", if request.audit { c"on" } else { c"off" });
+    background::set(
+        c"session_ext.notify_channel",
+        &CString::new(request.channel.clone()).unwrap_or_default(),
+    );
+    if let Some(user) = request.actor {
+        let claims = format!("{{\"sub\": \"{user}\"}}");
         background::set(c"request.jwt.claims", &CString::new(claims).expect("no NUL in JSON"));
     }
-    let id = Uuid::from_bytes(request.session);
     let committed = background::catching(|| {
         background::in_transaction(|| {
-            // SAFETY: as the caller ran: its role decides the actor `definer` records.
+            // SAFETY: as the caller ran: its role is the actor `definer` records.
             unsafe { pg_sys::SetUserIdAndSecContext(request.role, 0) };
-            definer::as_owner(|| Ok(Spi::connect(|client| revoke::token_reused(client, id))))
+            definer::as_owner(|| Ok(Spi::connect(|client| revoke::token_reused(client, request.session))))
         })
     });
-    let outcome = match committed {
-        Ok(_) => DONE,
+    let answer = match committed {
+        Ok(_) => COMMITTED,
         Err(message) => {
-            log!("session_ext could not revoke session {id} for a token reuse: {message}");
+            log!("session_ext could not revoke session {} for a token reuse: {message}", request.session);
             FAILED
         }
     };
-    request.outcome.store(outcome, Ordering::Release);
-    // SAFETY: the segment attached above.
-    unsafe { pg_sys::dsm_detach(segment) };
+    if reply == 0 {
+        return;
+    }
+    // SAFETY: the caller's answer segment; NULL once the caller has stopped waiting.
+    unsafe {
+        let segment = pg_sys::dsm_attach(reply);
+        if !segment.is_null() {
+            (*pg_sys::dsm_segment_address(segment).cast::<AtomicU8>()).store(answer, Ordering::Release);
+            pg_sys::dsm_detach(segment);
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::Request;
+    use pgrx::pg_sys::Oid;
+    use pgrx::Uuid;
+
+    #[test]
+    fn a_request_survives_its_registration_and_fits_bgw_extra() {
+        for (actor, channel) in [(Some(Uuid::from_bytes([7; 16])), "c".repeat(63)), (None, String::new())] {
+            let request = Request {
+                database: Oid::from(u32::MAX),
+                role: Oid::from(10),
+                session: Uuid::from_bytes([1; 16]),
+                actor,
+                audit: true,
+                channel,
+                after_caller: true,
+            };
+            let extra = request.extra(0xdead_beef);
+            assert!(extra.len() <= 127, "{} bytes", extra.len());
+            assert_eq!(Request::parse(request.argument(), &extra), Some((request, 0xdead_beef)));
+        }
+    }
 }

@@ -71,9 +71,7 @@ fn rotate_session_token(session_token: Option<&str>) -> Option<NewSession> {
                     Some(NewSession::new(member.subject.id, member.session_id, current, member.expires_at))
                 }
                 Presented::Earlier(member) => {
-                    if member.active {
-                        reuse::revoke_session(client, &member);
-                    }
+                    reuse::presented_again(client, &member);
                     None
                 }
                 Presented::Unknown => None,
@@ -206,13 +204,13 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_reused_token_of_a_dead_session_writes_nothing() {
+    fn a_reused_token_of_a_dead_session_is_recorded_and_revokes_nothing_more() {
         let (id, t0) = create(ALICE, "");
         rotate(&t0).unwrap();
         Spi::run(&format!("SELECT session_ext.revoke_session('{id}')")).unwrap();
         age_rotation(&id, 11);
         assert_eq!(rotate(&t0), None);
-        assert_eq!(state(&id), ("1/logout".into(), "create,rotate,revoke".into()));
+        assert_eq!(state(&id), ("1/logout".into(), "create,rotate,revoke,token_reuse".into()));
     }
 
     #[pg_test]
