@@ -26,17 +26,9 @@ CREATE POLICY session_audit_log_select_admin ON session_ext.session_audit_log
 
 GRANT USAGE ON SCHEMA session_ext TO session_ext_user, session_ext_admin;
 
--- Users never see the secret hashes.
-GRANT SELECT (id, user_id, session_id, session_data, data_version, device_info, user_agent,
-              ip_address, created_at, last_active_at, expires_at, idle_timeout, valid_until,
-              revoked_at, revoke_reason)
-    ON session_ext.user_sessions TO session_ext_user;
--- Admins read every column but the session keys: with a key and any earlier token of its family,
--- the session's current token could be computed (src/token.rs). No role reads them.
-GRANT SELECT (id, user_id, session_id, token_hash, root_token_hashes, rotated_at, session_data, data_version,
-              device_info, user_agent, ip_address, fingerprint_hash, created_at, last_active_at, expires_at,
-              idle_timeout, valid_until, revoked_at, revoke_reason, token_generation)
-    ON session_ext.user_sessions TO session_ext_admin;
+-- The column privileges on session_ext.user_sessions (users never see the secret hashes; no role
+-- reads the session keys) are granted by sql/session_ext--0.3.0--0.4.0.sql, which a fresh install
+-- runs too, so that both paths list them in the same order.
 GRANT SELECT ON session_ext.session_audit_log TO session_ext_user, session_ext_admin;
 
 -- Functions: nobody by default; users get the self-service API, admins (members of

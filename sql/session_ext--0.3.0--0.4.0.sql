@@ -28,8 +28,15 @@ ALTER TABLE session_ext.user_sessions ALTER COLUMN token_key DROP DEFAULT;
 CREATE INDEX user_sessions_root_tokens_idx ON session_ext.user_sessions
     USING gin (root_token_hashes) WITH (fastupdate = off);
 
--- Admins read every column but the keys (sql/finalize.sql says why).
+-- Column privileges, users' then admins' (the order a fresh install must match): users never
+-- see the secret hashes; admins read every column but the session keys, since with a key and any
+-- earlier token of its family the session's current token could be computed (src/token.rs). No
+-- role reads the keys.
 REVOKE SELECT ON session_ext.user_sessions FROM session_ext_admin;
+GRANT SELECT (id, user_id, session_id, session_data, data_version, device_info, user_agent,
+              ip_address, created_at, last_active_at, expires_at, idle_timeout, valid_until,
+              revoked_at, revoke_reason)
+    ON session_ext.user_sessions TO session_ext_user;
 GRANT SELECT (id, user_id, session_id, token_hash, root_token_hashes, rotated_at, session_data, data_version,
               device_info, user_agent, ip_address, fingerprint_hash, created_at, last_active_at, expires_at,
               idle_timeout, valid_until, revoked_at, revoke_reason, token_generation)
