@@ -11,10 +11,10 @@
 //! When the caller cannot wait for it — its own transaction has written or locked the session's
 //! row, so the worker would wait for the caller that waits for it; the row stayed locked by
 //! another transaction past the worker's 1 s `lock_timeout` — the caller revokes in its own
-//! transaction, and a second worker, which the caller does not wait for, waits for the row (up to
-//! 10 minutes) and revokes again if that transaction rolls back. Only without a free worker slot (a WARNING says
-//! so) does the revocation live or die with the caller's transaction. A hot standby writes
-//! nothing.
+//! transaction, and a second worker, which the caller does not wait for, waits for the end of that
+//! transaction (up to 10 minutes, before it takes any lock) and revokes again if it rolled back.
+//! Only without a free worker slot (a WARNING says so) does the revocation live or die with the
+//! caller's transaction. A hot standby writes nothing.
 
 use super::family::Member;
 use super::revoke;
@@ -68,8 +68,13 @@ pub fn presented_again(client: &SpiClient<'_>, member: &Member) {
         revoke::token_reused(client, id);
     }
     // If this transaction rolls back, the revocation it made goes with it: a worker waits for
-    // the row and makes it again.
-    if (Request { after_caller: true, ..request }).start(None).is_err() {
+    // the transaction's end and makes it again. (Revoking, or having written the row, gave the
+    // transaction an id.)
+    // SAFETY: reads this backend's transaction state.
+    let caller = unsafe { pg_sys::GetTopTransactionIdIfAny() };
+    if caller != pg_sys::InvalidTransactionId
+        && (Request { after_caller: caller, ..request }).start(None).is_err()
+    {
         warn_no_slot();
     }
 }
@@ -105,8 +110,9 @@ struct Request {
     /// The caller's `session_ext.audit` and `session_ext.notify_channel`.
     audit: bool,
     channel: String,
-    /// The caller does not wait: wait for its transaction's row lock, however long it lasts.
-    after_caller: bool,
+    /// The caller does not wait for the worker: the worker waits for the end of the caller's
+    /// transaction (this id), before it takes any lock of its own. Invalid when the caller waits.
+    after_caller: pg_sys::TransactionId,
 }
 
 const UUID_CHARS: usize = 22;
@@ -122,7 +128,7 @@ impl Request {
             actor: crate::identity::actor().1,
             audit: settings::AUDIT.get(),
             channel: settings::notify_channel().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
-            after_caller: false,
+            after_caller: pg_sys::InvalidTransactionId,
         }
     }
 
@@ -132,9 +138,9 @@ impl Request {
 
     fn extra(&self, reply: pg_sys::dsm_handle) -> String {
         let actor = self.actor.map_or_else(|| NO_ACTOR.to_string(), |a| URL_SAFE_NO_PAD.encode(a.as_bytes()));
-        let flags = u8::from(self.audit) | u8::from(self.after_caller) << 1;
         let session = URL_SAFE_NO_PAD.encode(self.session.as_bytes());
-        format!("{session}{actor}{flags}{reply:08x}{}", self.channel)
+        let (audit, caller) = (u8::from(self.audit), self.after_caller.into_inner());
+        format!("{session}{actor}{audit}{reply:08x}{caller:08x}{}", self.channel)
     }
 
     fn parse(argument: pg_sys::Datum, extra: &str) -> Option<(Request, pg_sys::dsm_handle)> {
@@ -143,19 +149,20 @@ impl Request {
             Some(Uuid::from_bytes(bytes))
         };
         let packed = argument.value();
-        let flags: u8 = extra.get(2 * UUID_CHARS..2 * UUID_CHARS + 1)?.parse().ok()?;
-        let reply_at = 2 * UUID_CHARS + 1;
-        let reply = pg_sys::dsm_handle::from_str_radix(extra.get(reply_at..reply_at + 8)?, 16).ok()?;
+        let hex = |at: usize| u32::from_str_radix(extra.get(at..at + 8)?, 16).ok();
+        let audit = extra.get(2 * UUID_CHARS..2 * UUID_CHARS + 1)? == "1";
+        let (reply_at, caller_at) = (2 * UUID_CHARS + 1, 2 * UUID_CHARS + 9);
         let actor = extra.get(UUID_CHARS..2 * UUID_CHARS)?;
         let request = Request {
             database: pg_sys::Oid::from((packed >> 32) as u32),
             role: pg_sys::Oid::from(packed as u32),
             session: uuid(extra.get(..UUID_CHARS)?)?,
             actor: if actor == NO_ACTOR { None } else { Some(uuid(actor)?) },
-            audit: flags & 1 == 1,
-            after_caller: flags & 2 == 2,
-            channel: extra.get(reply_at + 8..)?.to_string(),
+            audit,
+            after_caller: pg_sys::TransactionId::from_inner(hex(caller_at)?),
+            channel: extra.get(caller_at + 8..)?.to_string(),
         };
+        let reply = hex(reply_at)?;
         Some((request, reply))
     }
 
@@ -222,9 +229,10 @@ pub extern "C-unwind" fn session_ext_reuse_worker(argument: pg_sys::Datum) {
         return;
     };
     background::connect(request.database, c"session_ext revoke");
+    let after_caller = request.after_caller != pg_sys::InvalidTransactionId;
     // A caller that waits must not wait long: a row another transaction holds is revoked by
     // the caller instead (and by a worker that waits for it).
-    background::set(c"lock_timeout", if request.after_caller { c"10min" } else { c"1s" });
+    background::set(c"lock_timeout", if after_caller { c"10min" } else { c"1s" });
     background::set(c"session_ext.audit", if request.audit { c"on" } else { c"off" });
     background::set(
         c"session_ext.notify_channel",
@@ -236,8 +244,21 @@ pub extern "C-unwind" fn session_ext_reuse_worker(argument: pg_sys::Datum) {
     }
     let committed = background::catching(|| {
         background::in_transaction(|| {
-            // SAFETY: as the caller ran: its role is the actor `definer` records.
-            unsafe { pg_sys::SetUserIdAndSecContext(request.role, 0) };
+            // SAFETY: waits on a transaction id, holding no relation lock: waiting for the row
+            // with the table locked could close a deadlock through a third transaction that wants
+            // the table exclusively while the caller wants something of that transaction's. Then,
+            // as the caller ran: its role is the actor `definer` records.
+            unsafe {
+                if after_caller {
+                    pg_sys::XactLockTableWait(
+                        request.after_caller,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        pg_sys::XLTW_Oper::XLTW_None,
+                    );
+                }
+                pg_sys::SetUserIdAndSecContext(request.role, 0);
+            }
             definer::as_owner(|| Ok(Spi::connect(|client| revoke::token_reused(client, request.session))))
         })
     });
@@ -264,7 +285,7 @@ pub extern "C-unwind" fn session_ext_reuse_worker(argument: pg_sys::Datum) {
 #[cfg(test)]
 mod unit_tests {
     use super::Request;
-    use pgrx::pg_sys::Oid;
+    use pgrx::pg_sys::{self, Oid};
     use pgrx::Uuid;
 
     #[test]
@@ -277,7 +298,7 @@ mod unit_tests {
                 actor,
                 audit: true,
                 channel,
-                after_caller: true,
+                after_caller: pg_sys::TransactionId::from_inner(u32::MAX),
             };
             let extra = request.extra(0xdead_beef);
             assert!(extra.len() <= 127, "{} bytes", extra.len());
