@@ -90,7 +90,7 @@ test_major() {
     (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
 
     say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
-    local extension_dir released old still_valid families mismatch
+    local extension_dir released old still_valid families mismatch remembered keyed key previous_hash
     extension_dir="$("$PG_CONFIG" --sharedir)/extension"
     cluster_psql pgtap -c "CREATE DATABASE fresh_install"
     cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
@@ -100,17 +100,25 @@ test_major() {
         as_root cp "$released" "$extension_dir/"
         cluster_psql pgtap -c "CREATE DATABASE upgraded"
         # Sessions as that version's library wrote them (this run has only the new library): five
-        # live ones, and one rotated a minute ago, whose previous token that version remembered.
+        # live ones, and one rotated a minute ago, whose previous token that version remembered
+        # (before 0.4.0 in previous_token_hash; from 0.4.0 on as a root of its token family, next
+        # to the session's key).
+        case "$old" in
+            0.[123].0) remembered="previous_token_hash" keyed="" key="" ;;
+            *) remembered="root_token_hashes" keyed=", token_key" key=", sha256(gen_random_uuid()::text::bytea)" ;;
+        esac
+        previous_hash="sha256(convert_to(r.previous, 'UTF8'))"
+        [ "$remembered" = root_token_hashes ] && previous_hash="ARRAY[$previous_hash]"
         cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
             CREATE TABLE kept AS SELECT 'kept-' || i || '-' || md5(random()::text) AS token FROM generate_series(1, 5) i;
             CREATE TABLE rotated AS SELECT 'previous-' || md5(random()::text) AS previous, 'current-' || md5(random()::text) AS current;
-            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until)
-                SELECT k.id, gen_random_uuid(), k.id::text, sha256(convert_to(k.token, 'UTF8')), now() + '1 day', now() + '1 day'
+            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed)
+                SELECT k.id, gen_random_uuid(), k.id::text, sha256(convert_to(k.token, 'UTF8')), now() + '1 day', now() + '1 day' $key
                   FROM (SELECT gen_random_uuid() AS id, token FROM kept) k;
             INSERT INTO session_ext.user_sessions
-                   (id, user_id, session_id, token_hash, previous_token_hash, rotated_at, expires_at, valid_until)
+                   (id, user_id, session_id, token_hash, $remembered, rotated_at, expires_at, valid_until $keyed)
                 SELECT r.id, gen_random_uuid(), r.id::text, sha256(convert_to(r.current, 'UTF8')),
-                       sha256(convert_to(r.previous, 'UTF8')), now() - interval '1 minute', now() + '1 day', now() + '1 day'
+                       $previous_hash, now() - interval '1 minute', now() + '1 day', now() + '1 day' $key
                   FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r"
         # Until the update, the new library refuses the old objects, and says what to do.
         mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"

@@ -22,6 +22,8 @@ pub struct Relations {
     pub table: pg_sys::Oid,
     pub audit_table: pg_sys::Oid,
     pub token_index: pg_sys::Oid,
+    /// The primary key, by which `current_session` finds the session a JWT names.
+    pub id_index: pg_sys::Oid,
     /// The (moment, id) indexes cleanup walks: sessions by valid_until and by revoked_at,
     /// audit rows by occurred_at.
     pub valid_until_index: pg_sys::Oid,
@@ -95,6 +97,7 @@ fn relations() -> Relations {
             table,
             audit_table,
             token_index: relid(c"user_sessions_token_hash_key"),
+            id_index: relid(c"user_sessions_pkey"),
             valid_until_index: relid(c"user_sessions_valid_until_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
@@ -209,6 +212,7 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
                 r.table,
                 r.audit_table,
                 r.token_index,
+                r.id_index,
                 r.valid_until_index,
                 r.revoked_index,
                 r.audit_occurred_index,

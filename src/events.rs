@@ -23,6 +23,7 @@ pub enum Event {
     DataUpdate,
     Suspicious,
     Cleanup,
+    AalChange,
 }
 
 impl Event {
@@ -35,6 +36,7 @@ impl Event {
             Event::DataUpdate => "data_update",
             Event::Suspicious => "suspicious",
             Event::Cleanup => "cleanup",
+            Event::AalChange => "aal_change",
         }
     }
 

@@ -16,6 +16,16 @@ use std::ffi::CStr;
 struct Claims {
     #[serde(default)]
     sub: Option<Value>,
+    /// Supabase Auth's session claim (SPEC §4 "Sessions carried by JWTs").
+    #[serde(default)]
+    session_id: Option<Value>,
+}
+
+/// What the request's claims name: its user and, for a JWT that carries one, its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    pub user: Option<Uuid>,
+    pub session: Option<Uuid>,
 }
 
 const CLAIMS: &CStr = c"request.jwt.claims";
@@ -29,9 +39,23 @@ fn current_user_id() -> Option<Uuid> {
 }
 
 fn claimed_user_id() -> ApiResult<Option<Uuid>> {
+    Ok(claimed()?.user)
+}
+
+/// The `session_id` claim of `request.jwt.claims`: NULL when absent, null or empty; a claim
+/// that is not a UUID is 22P02, as for `sub`.
+#[pg_extern(stable, parallel_safe)]
+fn current_session_id() -> Option<Uuid> {
+    boundary(|| Ok(claimed()?.session))
+}
+
+/// The request's user and session, read from the settings once.
+pub fn claimed() -> ApiResult<Claimed> {
     let claims = read_setting(CLAIMS);
     let legacy = read_setting(LEGACY_SUB);
-    Ok(sub_from_settings(claims.as_deref(), legacy.as_deref())?.map(|id| Uuid::from_bytes(id.into_bytes())))
+    let (user, session) = from_settings(claims.as_deref(), legacy.as_deref())?;
+    let pg = |id: uuid::Uuid| Uuid::from_bytes(id.into_bytes());
+    Ok(Claimed { user: user.map(pg), session: session.map(pg) })
 }
 
 /// A setting's value, `None` when it is unset or empty (PostgREST leaves it empty between
@@ -47,42 +71,54 @@ fn read_setting(name: &CStr) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.into_owned())
 }
 
-/// The pure rule of §3: a `sub` in the claims wins; without one the legacy setting is used;
-/// a `sub` that is present but not a UUID is an error, never "no user".
-pub fn sub_from_settings(claims: Option<&str>, legacy_sub: Option<&str>) -> ApiResult<Option<uuid::Uuid>> {
-    let from_claims = match claims {
-        None => None,
-        Some(text) => {
-            // serde reads a struct from an array too (`["<uuid>"]` as {"sub": ...}): only an
-            // object is claims. The struct keeps serde's refusal of a duplicate "sub".
-            let parsed = match text.trim_start().starts_with('{') {
-                true => serde_json::from_str::<Claims>(text),
-                false => serde_json::from_str::<IgnoredAny>(text)
-                    .and_then(|_| Err(serde::de::Error::custom("not an object"))),
-            };
-            parsed
-                .map_err(|e| {
-                    // Not serde's message: it may quote the offending text, which may be huge.
-                    let detail = match e.classify() {
-                        Category::Data => {
-                            "It is JSON, but not an object with at most one \"sub\".".to_string()
-                        }
-                        _ => format!("It is not valid JSON (line {}, column {}).", e.line(), e.column()),
-                    };
-                    ApiError::new(
-                        PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-                        "request.jwt.claims is not a JSON object",
-                    )
-                    .detail(detail)
-                })?
-                .sub
-        }
+/// The user (§3) and the session (§4) the settings name, by the pure rules: a `sub` in the claims
+/// wins; without one the legacy setting is used; a `sub` that is present but not a UUID is an
+/// error, never "no user". The session comes only from the claims: an empty `session_id` is
+/// none, as an empty setting is.
+fn from_settings(
+    claims: Option<&str>,
+    legacy_sub: Option<&str>,
+) -> ApiResult<(Option<uuid::Uuid>, Option<uuid::Uuid>)> {
+    let Claims { sub, session_id } = match claims {
+        None => Claims { sub: None, session_id: None },
+        Some(text) => parse_claims(text)?,
     };
-    match from_claims {
-        None | Some(Value::Null) => legacy_sub.map(|s| parse_uuid(s, "request.jwt.claim.sub")).transpose(),
-        Some(Value::String(s)) => parse_uuid(&s, "the \"sub\" claim").map(Some),
-        Some(other) => Err(not_a_uuid("the \"sub\" claim", &other.to_string())),
-    }
+    let user = match sub {
+        None | Some(Value::Null) => legacy_sub.map(|s| parse_uuid(s, "request.jwt.claim.sub")).transpose()?,
+        Some(Value::String(s)) => Some(parse_uuid(&s, "the \"sub\" claim")?),
+        Some(other) => return Err(not_a_uuid("the \"sub\" claim", &other.to_string())),
+    };
+    let session = match session_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(parse_uuid(&s, "the \"session_id\" claim")?),
+        Some(other) => return Err(not_a_uuid("the \"session_id\" claim", &other.to_string())),
+    };
+    Ok((user, session))
+}
+
+fn parse_claims(text: &str) -> ApiResult<Claims> {
+    // serde reads a struct from an array too (`["<uuid>"]` as {"sub": ...}): only an object is
+    // claims. The struct keeps serde's refusal of a duplicate "sub" or "session_id".
+    let parsed = match text.trim_start().starts_with('{') {
+        true => serde_json::from_str::<Claims>(text),
+        false => serde_json::from_str::<IgnoredAny>(text)
+            .and_then(|_| Err(serde::de::Error::custom("not an object"))),
+    };
+    parsed.map_err(|e| {
+        // Not serde's message: it may quote the offending text, which may be huge.
+        let detail = match e.classify() {
+            Category::Data => {
+                "It is JSON, but not an object with at most one \"sub\" and one \"session_id\".".to_string()
+            }
+            _ => format!("It is not valid JSON (line {}, column {}).", e.line(), e.column()),
+        };
+        ApiError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "request.jwt.claims is not a JSON object",
+        )
+        .detail(detail)
+    })
 }
 
 fn parse_uuid(text: &str, source: &str) -> ApiResult<uuid::Uuid> {
@@ -273,11 +309,18 @@ mod tests {
 
 #[cfg(test)]
 mod unit_tests {
-    use super::sub_from_settings;
+    use super::from_settings;
     use pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION as BAD_TEXT;
     use proptest::strategy::Strategy;
 
     const ID: &str = "7f0c8a8e-3b7e-4c55-9d1a-2f6d4f1e9b10";
+
+    fn sub_from_settings(
+        claims: Option<&str>,
+        legacy_sub: Option<&str>,
+    ) -> crate::errors::ApiResult<Option<uuid::Uuid>> {
+        from_settings(claims, legacy_sub).map(|(user, _)| user)
+    }
 
     #[test]
     fn sub_claim_is_the_user() {
@@ -367,9 +410,30 @@ mod unit_tests {
             let err = sub_from_settings(Some(&value.to_string()), None).unwrap_err();
             proptest::prop_assert_eq!(
                 err.detail.as_deref(),
-                Some("It is JSON, but not an object with at most one \"sub\".")
+                Some("It is JSON, but not an object with at most one \"sub\" and one \"session_id\".")
             );
             proptest::prop_assert!(bounded(&err), "{:?}", err);
+        }
+    }
+
+    #[test]
+    fn the_session_id_claim_names_the_session() {
+        let session = "0195f0a2-0000-7000-8000-000000000001";
+        let claims = format!(r#"{{"sub":"{ID}","session_id":"{session}","aal":"aal1"}}"#);
+        let (user, named) = from_settings(Some(&claims), None).unwrap();
+        assert_eq!(
+            (user.unwrap().to_string(), named.unwrap().to_string()),
+            (ID.to_string(), session.to_string())
+        );
+        for absent in [r#"{"role":"anon"}"#, r#"{"session_id":null}"#, r#"{"session_id":""}"#] {
+            assert_eq!(from_settings(Some(absent), None).unwrap().1, None, "{absent}");
+        }
+        for bad in [r#"{"session_id":"s1"}"#, r#"{"session_id":7}"#, r#"{"session_id":["x"]}"#] {
+            let err = from_settings(Some(bad), None).unwrap_err();
+            assert_eq!(
+                (err.code, err.message.as_str()),
+                (BAD_TEXT, "the \"session_id\" claim is not a UUID")
+            );
         }
     }
 

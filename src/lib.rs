@@ -66,6 +66,22 @@ extension_sql_file!(
 // comments it changes, so that both end with the same columns in the same order.
 extension_sql_file!("../sql/session_ext--0.3.0--0.4.0.sql", name = "families", requires = ["comments"]);
 
+// 0.5.0's sessions carried by JWTs: the new columns, row type fields, privileges and comments,
+// once the functions it declares exist (it re-declares them for an update).
+extension_sql_file!(
+    "../sql/session_ext--0.4.0--0.5.0.sql",
+    name = "jwt_sessions",
+    requires = [
+        "families",
+        api::aal::set_session_aal,
+        api::create::import_session,
+        api::current::current_session,
+        api::current::require_session,
+        api::users::end_user_sessions,
+        identity::current_session_id,
+    ]
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: flags PostgreSQL sets before it loads libraries.

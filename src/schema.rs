@@ -16,7 +16,7 @@ const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
 const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZOID);
 
 /// The types of the columns of `session_ext.user_sessions`, in column order.
-pub static SESSION_TYPES: [PgOid; 21] = [
+pub static SESSION_TYPES: [PgOid; 23] = [
     UUID,
     UUID,
     TEXT,
@@ -38,6 +38,8 @@ pub static SESSION_TYPES: [PgOid; 21] = [
     TEXT,
     BYTEA,
     INT8,
+    TEXT,
+    TIMESTAMPTZ,
 ];
 
 /// The types of the columns of `session_ext.session_audit_log`, in column order.
@@ -70,10 +72,13 @@ pub mod column {
     pub const REVOKE_REASON: usize = 19;
     pub const TOKEN_KEY: usize = 20;
     pub const TOKEN_GENERATION: usize = 21;
+    pub const AAL: usize = 22;
+    pub const AAL_EXPIRES_AT: usize = 23;
 }
 
-/// The columns of `session_ext.session_info`, in its order, as columns of the table.
-pub const SESSION_INFO: [usize; 15] = [
+/// The columns of `session_ext.session_info`, in its order, as columns of the table. Its `aal`
+/// and `aal_expires_at` are the level in force: `aal1` and NULL once a raised level has lapsed.
+pub const SESSION_INFO: [usize; 17] = [
     column::ID,
     column::SESSION_ID,
     column::USER_ID,
@@ -89,6 +94,8 @@ pub const SESSION_INFO: [usize; 15] = [
     column::VALID_UNTIL,
     column::REVOKED_AT,
     column::REVOKE_REASON,
+    column::AAL,
+    column::AAL_EXPIRES_AT,
 ];
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -118,6 +125,8 @@ mod tests {
             ("revoke_reason", column::REVOKE_REASON),
             ("token_key", column::TOKEN_KEY),
             ("token_generation", column::TOKEN_GENERATION),
+            ("aal", column::AAL),
+            ("aal_expires_at", column::AAL_EXPIRES_AT),
         ];
         for (name, number) in named {
             let attnum = Spi::get_one::<i16>(&format!(

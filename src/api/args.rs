@@ -5,7 +5,7 @@ use crate::errors::{excerpt, ApiError, ApiResult};
 use crate::settings;
 use crate::token;
 use crate::types::{JsonText, JsonbDatum};
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys;
 use std::ffi::CString;
 
@@ -51,6 +51,31 @@ pub fn session_token<'a>(value: Option<&'a str>, name: &str) -> ApiResult<&'a st
     Ok(value)
 }
 
+/// The SHA-256 of a token, as another store kept it: 32 bytes.
+pub fn token_sha256(value: Option<&[u8]>) -> ApiResult<token::TokenHash> {
+    let value = required(value, "token_sha256")?;
+    token::TokenHash::try_from(value).map_err(|_| {
+        ApiError::invalid_argument(
+            "token_sha256",
+            format!("has {} bytes, not the 32 of a SHA-256", value.len()),
+        )
+        .hint("A hash kept as hex text becomes bytes with decode(column, 'hex').")
+    })
+}
+
+/// 22023 unless `earlier` (argument `name`) is at or before `later` (`limit`).
+pub fn not_later(
+    earlier: TimestampWithTimeZone,
+    later: TimestampWithTimeZone,
+    name: &str,
+    limit: &str,
+) -> ApiResult<()> {
+    if earlier.into_inner() > later.into_inner() {
+        return Err(ApiError::invalid_argument(name, format!("is later than {limit}")));
+    }
+    Ok(())
+}
+
 /// A caller-chosen session id: a short handle made of URL-safe characters.
 pub fn custom_session_id(value: Option<&str>) -> ApiResult<&str> {
     let value = text(required(value, "session_id")?, "session_id", MAX_SESSION_ID_CHARS)?;
@@ -87,6 +112,19 @@ pub fn idle_timeout(value: Option<Interval>) -> ApiResult<Option<Interval>> {
         }
         Some(v) if v.as_micros() == 0 => Ok(None),
         Some(v) => within_bounds(v, "idle_timeout").map(Some),
+    }
+}
+
+/// `valid_for` of a raised assurance level: NULL means the rest of the session; otherwise
+/// positive and at most 100 years.
+pub fn valid_for(value: Option<Interval>) -> ApiResult<Option<Interval>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.as_micros() <= 0 => {
+            Err(ApiError::invalid_argument("valid_for", "must be a positive interval")
+                .hint("Pass NULL to keep the level for the rest of the session."))
+        }
+        Some(v) => within_bounds(v, "valid_for").map(Some),
     }
 }
 

@@ -2,7 +2,8 @@
 //! `touch_session` and the hot path, `validate_session`.
 
 use super::family::{self, Presented};
-use super::{active, args, lookup, on_own_session, on_session, reuse, session_info_row, Subject};
+use super::lookup::{self, Key, Live};
+use super::{active, args, on_own_session, on_session, reuse, session_info_row, Subject};
 use crate::db::{Columns, Statement, INTERVAL, UUID};
 use crate::definer;
 use crate::events::{self, Event};
@@ -109,14 +110,13 @@ fn validate_session(
 }
 
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
-    // SAFETY: reads a backend-global flag.
-    let writable = !unsafe { pg_sys::XactReadOnly };
+    let writable = writable();
     let mut hash = token::hash(token);
-    let live = match lookup::live_by_token(&hash) {
+    let live = match lookup::live(Key::Token(&hash)) {
         Some(live) => live,
         None => {
             hash = Spi::connect(|client| successor(client, token, &hash))?;
-            lookup::live_by_token(&hash)?
+            lookup::live(Key::Token(&hash))?
         }
     };
     if !scope.covers(live.user_id) {
@@ -136,6 +136,12 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
         }
         return None;
     }
+    record_activity(live, Key::Token(&hash), writable)
+}
+
+/// The session `live`, found by `key`, with its activity recorded when `touch_interval` is due
+/// and the transaction may write; None when it turns out to have ended meanwhile.
+pub(super) fn record_activity(live: Live, key: Key<'_>, writable: bool) -> Option<SessionInfo> {
     let touch_after = i64::from(settings::TOUCH_INTERVAL.get()) * 1_000_000;
     // SAFETY: reads the transaction's start time, which is now().
     let stale = live.last_active_at < unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } - touch_after;
@@ -149,10 +155,16 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
         // it (the session is live), or a revocation (it is not). A fresh look tells which.
         return match touched {
             Some(info) => Some(SessionInfo(info)),
-            None => lookup::live_by_token(&hash).map(|live| SessionInfo(live.info)),
+            None => lookup::live(key).map(|live| SessionInfo(live.info)),
         };
     }
     Some(SessionInfo(live.info))
+}
+
+/// Whether this transaction may write (not a read-only one, not on a standby).
+pub(super) fn writable() -> bool {
+    // SAFETY: reads a backend-global flag.
+    !unsafe { pg_sys::XactReadOnly }
 }
 
 /// The hash of the token that a token which is no session's current one stands for: its

@@ -3,6 +3,7 @@
 //! PostgREST picks an overload by the set of argument names in the JSON body, so each
 //! overload has a required name no other accepts: `session_token`, `session_data`, `session_id`.
 
+use super::aal::Level;
 use super::{args, limits};
 use crate::db::{self, JSONB};
 use crate::definer;
@@ -23,12 +24,15 @@ fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
     definer::as_owner(|| {
         let token = args::session_token(session_token, "session_token")?;
         let user_id = identity::require_user()?;
+        let options = Options::defaults();
         let row = NewRow {
             user_id,
             session_id: None,
             token_hash: token::hash(token),
             data: args::session_data(Some(JsonText("{}")))?,
-            options: Options::defaults(),
+            times: Times::starting_now(options.ttl),
+            options,
+            imported: false,
         };
         let created = row.insert(Some(|| {
             ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "session_token is already in use")
@@ -103,7 +107,9 @@ fn create_with_generated_token(
     let token = args::new_token()?;
     let token_hash = token::hash(&token);
     let taken = session_id.map(|id| move || session_id_taken(id));
-    let created = NewRow { user_id, session_id, token_hash, data, options }.insert(taken)?;
+    let times = Times::starting_now(options.ttl);
+    let created =
+        NewRow { user_id, session_id, token_hash, data, times, options, imported: false }.insert(taken)?;
     Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 
@@ -148,13 +154,43 @@ impl<'a> Options<'a> {
     }
 }
 
+/// When a new session began, was last used, and ends for good.
+struct Times {
+    created_at: TimestampWithTimeZone,
+    last_active_at: TimestampWithTimeZone,
+    expires_at: TimestampWithTimeZone,
+}
+
+impl Times {
+    fn starting_now(ttl: Interval) -> Times {
+        let now = rows::now();
+        Times { created_at: now, last_active_at: now, expires_at: now + ttl }
+    }
+
+    /// `valid_until`: the absolute end, or the idle end when that comes first.
+    fn valid_until(&self, idle_timeout: Option<Interval>) -> TimestampWithTimeZone {
+        idle_timeout.map_or(self.expires_at, |idle| {
+            let idle_end = self.last_active_at + idle;
+            if idle_end.into_inner() < self.expires_at.into_inner() {
+                idle_end
+            } else {
+                self.expires_at
+            }
+        })
+    }
+}
+
 struct NewRow<'a> {
     user_id: Uuid,
     session_id: Option<&'a str>,
     token_hash: TokenHash,
     /// The jsonb datum of `session_data`.
     data: pg_sys::Datum,
+    times: Times,
+    /// `options.ttl` is not read: `times` has the end.
     options: Options<'a>,
+    /// Brought over from another store by `import_session`: no per-user limits apply.
+    imported: bool,
 }
 
 struct Created {
@@ -171,16 +207,8 @@ impl NewRow<'_> {
         let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
         let session_id = self.session_id.map_or_else(|| uuid_text(&id), str::to_owned);
         let o = self.options;
-        let now = rows::now();
-        let expires_at = now + o.ttl;
-        let valid_until = o.idle_timeout.map_or(expires_at, |idle| {
-            let idle_end = now + idle;
-            if idle_end.into_inner() < expires_at.into_inner() {
-                idle_end
-            } else {
-                expires_at
-            }
-        });
+        let Times { created_at, last_active_at, expires_at } = self.times;
+        let valid_until = self.times.valid_until(o.idle_timeout);
         let fingerprint_hash = o.fingerprint.map(|f| token::hash(f).to_vec());
         let key = args::new_key()?;
         let subject = Subject { id, user_id: self.user_id, ip_address: o.ip_address };
@@ -198,8 +226,8 @@ impl NewRow<'_> {
             o.user_agent.into(),
             subject.ip_address.clone().into(),
             fingerprint_hash.into(),
-            now.into(), // created_at
-            now.into(), // last_active_at
+            created_at.into(),
+            last_active_at.into(),
             expires_at.into(),
             o.idle_timeout.into(),
             valid_until.into(),
@@ -207,9 +235,17 @@ impl NewRow<'_> {
             DatumWithOid::null::<&str>(),                  // revoke_reason
             key.as_slice().into(),                         // token_key
             0_i64.into(),                                  // token_generation
+            Level::Aal1.name().into(),                     // aal
+            DatumWithOid::null::<TimestampWithTimeZone>(), // aal_expires_at
         ];
+        let mut details = json!({ "session_id": session_id });
+        if self.imported {
+            details["imported"] = true.into();
+        }
         Spi::connect(|client| {
-            limits::before_create(client, self.user_id)?;
+            if !self.imported {
+                limits::before_create(client, self.user_id)?;
+            }
             match taken {
                 // A generated id and token cannot collide.
                 None => rows::SESSIONS.insert(client, &row),
@@ -219,11 +255,61 @@ impl NewRow<'_> {
                     }
                 }
             }
-            events::record(client, Event::Create, Some(&subject), json!({ "session_id": session_id }));
-            limits::after_create(client, self.user_id, id);
+            events::record(client, Event::Create, Some(&subject), details);
+            if !self.imported {
+                limits::after_create(client, self.user_id, id);
+            }
             Ok(Created { id, session_id, expires_at })
         })
     }
+}
+
+/// Brings one session over from a store of your own (admins only), keyed by the SHA-256 of its
+/// token, so that the token the client holds validates through session_ext from then on. Returns
+/// the new session's id, or NULL for a session already over (past `expires_at`, or idle longer
+/// than its idle timeout), which is not imported. `last_active_at` defaults to now and
+/// `created_at` to `last_active_at`; `idle_timeout` to `session_ext.idle_timeout` (`0` = none).
+/// The session starts a token family at `aal1`, as a new one does; no per-user limit applies.
+/// 22023 for a hash that is not 32 bytes and for times in the future or out of order, 23505 for
+/// a token some session already has, 42501 for a caller that is not an admin.
+#[allow(clippy::too_many_arguments)] // the SQL signature: every column of the old row is an argument
+#[pg_extern(volatile, parallel_unsafe)]
+fn import_session(
+    user_id: Option<Uuid>,
+    token_sha256: Option<&[u8]>,
+    expires_at: Option<TimestampWithTimeZone>,
+    last_active_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    created_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    idle_timeout: default!(Option<Interval>, "NULL"),
+    device_info: default!(Option<&str>, "NULL"),
+    user_agent: default!(Option<&str>, "NULL"),
+    ip_address: default!(Option<Inet>, "NULL"),
+    session_data: default!(Option<JsonText<'_>>, "'{}'"),
+) -> Option<Uuid> {
+    definer::as_owner(|| {
+        let user_id = args::required(user_id, "user_id")?;
+        let token_hash = args::token_sha256(token_sha256)?;
+        let expires_at = args::required(expires_at, "expires_at")?;
+        let now = rows::now();
+        let last_active_at = last_active_at.unwrap_or(now);
+        let created_at = created_at.unwrap_or(last_active_at);
+        args::not_later(last_active_at, now, "last_active_at", "now")?;
+        args::not_later(created_at, last_active_at, "created_at", "last_active_at")?;
+        let data = args::session_data(session_data)?;
+        let options = Options::check(None, idle_timeout, device_info, user_agent, ip_address, None)?;
+        identity::require_admin("import_session")?;
+        let times = Times { created_at, last_active_at, expires_at };
+        if times.valid_until(options.idle_timeout).into_inner() <= now.into_inner() {
+            return Ok(None);
+        }
+        let row = NewRow { user_id, session_id: None, token_hash, data, times, options, imported: true };
+        let created = row.insert(Some(|| {
+            ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "token_sha256 is already in use")
+                .detail("A session with the same token exists; it was imported before, or created here.")
+                .hint("Import each session once.")
+        }))?;
+        Ok(Some(created.id))
+    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]

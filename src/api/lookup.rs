@@ -1,14 +1,23 @@
-//! The hot path's token lookup, made directly on the unique index on `token_hash` instead of
-//! through SPI: no second executor and no plan — one index probe and one heap fetch, under the
-//! snapshot a statement of a VOLATILE function would take. This is what lets `validate_session`
-//! keep up with the same lookup written as a raw query (SPEC §9).
+//! The hot paths' lookups, made directly on the unique index on `token_hash` (a bearer token) or
+//! on the primary key (a JWT's `session_id` claim) instead of through SPI: no second executor and
+//! no plan — one index probe and one heap fetch, under the snapshot a statement of a VOLATILE
+//! function would take. This is what lets `validate_session` and `current_session` keep up
+//! with the same lookups written as raw queries (SPEC §9).
 
+use super::aal::Level;
 use crate::schema::{column, SESSION_INFO};
 use crate::token::TokenHash;
 use pgrx::{pg_sys, FromDatum, IntoDatum, Uuid};
 use std::mem::MaybeUninit;
 
-/// An active session found by its token.
+/// How a session is looked up: by its current token, or by its id.
+#[derive(Clone, Copy)]
+pub enum Key<'a> {
+    Token(&'a TokenHash),
+    Id(Uuid),
+}
+
+/// An active session found by its token or id.
 pub struct Live {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -18,6 +27,8 @@ pub struct Live {
     /// The `session_ext.session_info` of the session, ready to return.
     pub info: pg_sys::Datum,
     pub token_generation: i64,
+    /// The assurance level in force.
+    pub aal: Level,
     /// The bytea datum of `token_key`, in the caller's memory context.
     token_key: pg_sys::Datum,
 }
@@ -41,24 +52,45 @@ struct Found {
     info: pg_sys::Datum,
     token_generation: i64,
     token_key: pg_sys::Datum,
+    /// The text datum of the level in force.
+    aal: pg_sys::Datum,
 }
 
-/// The active session whose current token hashes to `hash`, as `now()` and a fresh snapshot see
-/// it: not revoked, `valid_until` still ahead. The snapshot is taken after the transaction's
-/// earlier commands, as SPI takes one for each statement of a VOLATILE function: a session
-/// revoked earlier in the same statement (a CTE, a cursor, a loop) is seen revoked.
-pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
+/// The active session whose current token hashes to `hash`, or whose id is `id`, as `now()`
+/// and a fresh snapshot see it: not revoked, `valid_until` still ahead. The snapshot is taken
+/// after the transaction's earlier commands, as SPI takes one for each statement of a VOLATILE
+/// function: a session revoked earlier in the same statement (a CTE, a cursor, a loop) is seen
+/// revoked.
+pub fn live(key: Key<'_>) -> Option<Live> {
     let lock = pg_sys::AccessShareLock;
     // The row type too: it is formed from the row, and ALTER TYPE locks it to change it.
-    let relations =
-        crate::cache::locked(|r| [(r.table, lock), (r.token_index, lock), (r.info_relation, lock)]);
+    let relations = crate::cache::locked(|r| {
+        let index = match key {
+            Key::Token(_) => r.token_index,
+            Key::Id(_) => r.id_index,
+        };
+        [(r.table, lock), (index, lock), (r.info_relation, lock)]
+    });
     crate::rows::require_select(relations.table);
-    let key = hash.as_slice().into_datum().expect("a bytea datum");
+    let probe = match key {
+        Key::Token(hash) => Probe {
+            index: relations.token_index,
+            equal: pg_sys::F_BYTEAEQ,
+            value: hash.as_slice().into_datum().expect("a bytea datum"),
+        },
+        Key::Id(id) => Probe {
+            index: relations.id_index,
+            equal: pg_sys::F_UUID_EQ,
+            value: id.into_datum().expect("a uuid datum"),
+        },
+    };
+    // A lapsed raised level reads as this one.
+    let lapsed = Level::Aal1.name().into_datum().expect("a text datum");
     // SAFETY: an index scan inside a transaction, following the pattern of PostgreSQL's own
     // single-row lookups; every resource opened here is closed before returning, and the locks
     // are kept until the end of the transaction, as the executor keeps them. An error raised
     // inside jumps back to the trap and leaves only plain values on the abandoned frames.
-    let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, key)) }?;
+    let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, probe, lapsed)) }?;
     // SAFETY: the datums were copied into the caller's memory context by `find`.
     unsafe {
         Some(Live {
@@ -68,29 +100,41 @@ pub fn live_by_token(hash: &TokenHash) -> Option<Live> {
             last_active_at: found.last_active_at,
             info: found.info,
             token_generation: found.token_generation,
+            aal: String::from_datum(found.aal, false)
+                .and_then(|name| Level::parse(&name))
+                .unwrap_or(Level::Aal1),
             token_key: found.token_key,
         })
     }
+}
+
+/// One equality probe of a unique index of the table.
+#[derive(Clone, Copy)]
+struct Probe {
+    index: pg_sys::Oid,
+    /// The equality function of the index's type.
+    equal: u32,
+    value: pg_sys::Datum,
 }
 
 /// The lookup itself, calling PostgreSQL only through `crate::internals::untrapped`.
 ///
 /// # Safety
 /// Runs inside a transaction and inside an error trap; `relations` are session_ext's.
-unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option<Found> {
+unsafe fn find(relations: crate::cache::Relations, probe: Probe, lapsed: pg_sys::Datum) -> Option<Found> {
     use crate::internals::untrapped::*;
     // SAFETY: the caller's contract.
     unsafe {
         // Locked by `live_by_token`.
         let table = table_open(relations.table, pg_sys::NoLock as _);
-        let index = index_open(relations.token_index, pg_sys::NoLock as _);
+        let index = index_open(probe.index, pg_sys::NoLock as _);
         let mut scan_key = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
         ScanKeyInit(
             scan_key.as_mut_ptr(),
             1,
             pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
-            key,
+            pg_sys::Oid::from(probe.equal),
+            probe.value,
         );
         CommandCounterIncrement();
         let snapshot = RegisterSnapshot(GetTransactionSnapshot());
@@ -101,8 +145,8 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
             let natts = (*(*slot).tts_tupleDescriptor).natts;
             slot_getsomeattrs_int(slot, natts);
             // Columns are never fewer (dropped ones still count); checked so nothing can panic.
-            (natts as usize >= column::TOKEN_GENERATION)
-                .then(|| copy_out(slot, relations.info_type))
+            (natts as usize >= column::AAL_EXPIRES_AT)
+                .then(|| copy_out(slot, relations.info_type, lapsed))
                 .flatten()
         } else {
             None
@@ -121,8 +165,13 @@ unsafe fn find(relations: crate::cache::Relations, key: pg_sys::Datum) -> Option
 /// # Safety
 /// As `find`; `slot` holds a row of `session_ext.user_sessions`; `info_type` is
 /// `session_ext.session_info`, locked, with the fields of `SESSION_INFO` (checked by
-/// `cache::locked`). Nothing here may panic: a panic cannot leave the trap.
-unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) -> Option<Found> {
+/// `cache::locked`); `lapsed` is the text datum `aal1`. Nothing here may panic: a panic cannot
+/// leave the trap.
+unsafe fn copy_out(
+    slot: *mut pg_sys::TupleTableSlot,
+    info_type: pg_sys::Oid,
+    lapsed: pg_sys::Datum,
+) -> Option<Found> {
     use crate::internals::untrapped::*;
     // SAFETY: the caller's contract; values and nulls have one entry per attribute.
     unsafe {
@@ -131,14 +180,26 @@ unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) ->
         let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
         let get = |column: usize| (!nulls[column - 1]).then(|| values[column - 1]);
 
+        let now = GetCurrentTransactionStartTimestamp();
         let valid_until = get(column::VALID_UNTIL).map_or(0, |d| d.value() as i64);
-        if get(column::REVOKED_AT).is_some() || valid_until <= GetCurrentTransactionStartTimestamp() {
+        if get(column::REVOKED_AT).is_some() || valid_until <= now {
             return None;
         }
         // A uuid datum points at its 16 bytes.
         let uuid = |column: usize| get(column).map(|d| *d.cast_mut_ptr::<[u8; 16]>());
         let mut info_values = SESSION_INFO.map(|column| get(column).unwrap_or(pg_sys::Datum::from(0)));
         let mut info_nulls = SESSION_INFO.map(|column| nulls[column - 1]);
+        // As `session_info_row!`: a raised level past its expiry is aal1 with no expiry.
+        let aal = SESSION_INFO.len() - 2;
+        let stored = get(column::AAL)
+            .filter(|_| !get(column::AAL_EXPIRES_AT).is_some_and(|d| d.value() as i64 <= now));
+        let level = match stored {
+            Some(level) => pg_sys::Datum::from(pg_detoast_datum_copy(level.cast_mut_ptr())),
+            None => {
+                (info_values[aal], info_nulls[aal], info_nulls[aal + 1]) = (lapsed, false, true);
+                lapsed
+            }
+        };
         let desc = lookup_rowtype_tupdesc(info_type, -1);
         let tuple = heap_form_tuple(desc, info_values.as_mut_ptr(), info_nulls.as_mut_ptr());
         DecrTupleDescRefCount(desc);
@@ -151,6 +212,7 @@ unsafe fn copy_out(slot: *mut pg_sys::TupleTableSlot, info_type: pg_sys::Oid) ->
             info: HeapTupleHeaderGetDatum((*tuple).t_data),
             token_generation: get(column::TOKEN_GENERATION).map_or(0, |d| d.value() as i64),
             token_key: pg_sys::Datum::from(pg_detoast_datum_copy(get(column::TOKEN_KEY)?.cast_mut_ptr())),
+            aal: level,
         })
     }
 }

@@ -1,10 +1,12 @@
 //! The SQL API (SPEC §4). Every function runs through `definer::as_owner`: it checks its
 //! arguments, then its caller's rights (SPEC §3), then reads or writes as the extension's owner.
 
+mod aal;
 mod args;
 mod check;
 pub(crate) mod cleanup;
 mod create;
+mod current;
 mod data;
 mod devices;
 mod family;
@@ -14,6 +16,7 @@ mod reuse;
 mod revoke;
 mod rotate;
 mod stats;
+mod users;
 
 use crate::db::{Columns, Statement, UUID};
 use crate::errors::ApiResult;
@@ -24,12 +27,15 @@ use pgrx::Uuid;
 
 pub use crate::events::Subject;
 
-/// The columns of `session_ext.session_info`, built from `session_ext.user_sessions s`.
+/// The columns of `session_ext.session_info`, built from `session_ext.user_sessions s`, with the
+/// assurance level in force (`aal1` once a raised level has lapsed).
 macro_rules! session_info_row {
     () => {
         "ROW(s.id, s.session_id, s.user_id, s.session_data, s.data_version, s.device_info, \
          s.user_agent, s.ip_address, s.created_at, s.last_active_at, s.expires_at, \
-         s.idle_timeout, s.valid_until, s.revoked_at, s.revoke_reason)::session_ext.session_info"
+         s.idle_timeout, s.valid_until, s.revoked_at, s.revoke_reason, \
+         CASE WHEN s.aal_expires_at <= pg_catalog.now() THEN 'aal1' ELSE s.aal END, \
+         CASE WHEN s.aal_expires_at > pg_catalog.now() THEN s.aal_expires_at END)::session_ext.session_info"
     };
 }
 pub(crate) use session_info_row;

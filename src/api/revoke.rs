@@ -47,6 +47,11 @@ pub fn revoke(
     revoked as i64
 }
 
+/// Revokes every active session of `user` with `reason`; returns how many.
+pub fn revoke_user(client: &SpiClient<'_>, user: Uuid, reason: &str) -> i64 {
+    revoke(client, &REVOKE_ALL, &[reason.into(), user.into()], reason)
+}
+
 /// An earlier token of session `id` came back (`api::reuse`): the session, if still active, is
 /// revoked with reason `token_reuse`, recorded as a `token_reuse` and a `revoke` event.
 /// Returns whether it was active.
@@ -104,7 +109,7 @@ fn revoke_all_user_sessions(
     definer::as_owner(|| {
         let reason = args::reason(reason)?;
         let user = target_user(user_id)?;
-        Ok(Spi::connect(|client| revoke(client, &REVOKE_ALL, &[reason.into(), user.into()], reason)))
+        Ok(Spi::connect(|client| revoke_user(client, user, reason)))
     })
 }
 
