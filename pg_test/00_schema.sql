@@ -7,7 +7,7 @@ SELECT has_table('session_ext', 'user_sessions', 'the sessions table exists');
 SELECT columns_are('session_ext', 'user_sessions', ARRAY[
     'id', 'user_id', 'session_id', 'token_hash', 'root_token_hashes', 'rotated_at', 'session_data', 'data_version', 'device_info',
     'user_agent', 'ip_address', 'fingerprint_hash', 'created_at', 'last_active_at', 'expires_at',
-    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason', 'token_key', 'token_generation'
+    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason', 'token_key', 'token_generation', 'aal', 'aal_expires_at'
 ]);
 SELECT col_is_pk('session_ext', 'user_sessions', 'id', 'id is the primary key');
 SELECT col_type_is('session_ext', 'user_sessions', 'token_hash', 'bytea', 'only a hash of the token is stored');

@@ -4,7 +4,7 @@
 -- Each cell runs in a subtransaction that is rolled back, so no cell sees another's effects;
 -- a cell is the call's result as text, or the SQLSTATE it raised.
 \ir fixtures/begin.sql
-SELECT plan(28 + 5 * (SELECT count(*)::int FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace));
+SELECT plan(34 + 5 * (SELECT count(*)::int FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace));
 
 CREATE ROLE matrix_admin NOLOGIN;
 GRANT session_ext_admin TO matrix_admin;
@@ -87,9 +87,23 @@ SELECT is(pg_temp.row_of('SELECT session_ext.cleanup_expired_sessions()::text'),
 SELECT is(pg_temp.row_of($$SELECT (session_ext.session_stats() ? 'sessions')::text$$),
     ARRAY['42501', '42501', '42501', 'true', 'true', 'true'], 'session_stats');
 
+-- Sessions carried by JWTs (claims without session_id here: pg_test/08_jwt.sql names sessions).
+SELECT is(pg_temp.row_of('SELECT session_ext.current_session_id()::text'),
+    ARRAY['42501', 'null', 'null', 'null', 'null', 'null'], 'current_session_id');
+SELECT is(pg_temp.row_of('SELECT (session_ext.current_session()).id::text'),
+    ARRAY['42501', 'null', 'null', 'null', 'null', 'null'], 'current_session');
+SELECT is(pg_temp.row_of('SELECT (session_ext.require_session()).id::text'),
+    ARRAY['42501', 'null', 'null', 'null', 'null', 'null'], 'require_session');
+SELECT is(pg_temp.row_of($$SELECT session_ext.set_session_aal(%1$s, 'aal2')::text$$),
+    ARRAY['42501', '42501', '42501', 'true', 'true', 'true'], 'set_session_aal of alice''s session');
+SELECT is(pg_temp.row_of($$SELECT (session_ext.import_session(%3$s, sha256('imported'), now() + interval '1 day') IS NOT NULL)::text$$),
+    ARRAY['42501', '42501', '42501', 'true', 'true', 'true'], 'import_session for alice');
+SELECT is(pg_temp.row_of('SELECT session_ext.end_user_sessions()::text'),
+    ARRAY['42501', '42501', '42501', '39P01', '39P01', '39P01'], 'end_user_sessions, called other than as a trigger');
+
 -- Every function is in the matrix above.
 SELECT is((SELECT count(DISTINCT proname) FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace),
-    15::bigint, 'the matrix covers every function of the schema');
+    21::bigint, 'the matrix covers every function of the schema');
 
 -- The tables: users read their own rows, admins all; nobody but the owner writes directly.
 SELECT is(pg_temp.row_of('SELECT count(*)::text FROM session_ext.user_sessions'),
@@ -127,7 +141,8 @@ BEGIN
                ARRAY(SELECT pg_catalog.format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, n) ORDER BY n) AS args
           FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'session_ext'::regnamespace ORDER BY 2
     LOOP
-        admin_only := f.proname IN ('cleanup_expired_sessions', 'session_stats');
+        admin_only := f.proname IN ('cleanup_expired_sessions', 'session_stats', 'set_session_aal',
+                                    'import_session', 'end_user_sessions');
         RETURN NEXT function_privs_are('session_ext', f.proname, f.args, 'anon', ARRAY[]::text[]);
         RETURN NEXT function_privs_are('session_ext', f.proname, f.args, 'authenticated',
             CASE WHEN admin_only THEN ARRAY[]::text[] ELSE ARRAY['EXECUTE'] END);

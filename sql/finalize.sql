@@ -38,7 +38,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA session_ext TO session_ext_user;
 -- (sql/session_ext--0.4.0--0.5.0.sql grants 0.5.0's functions as an update does.)
 REVOKE EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer), session_ext.session_stats(),
     session_ext.set_session_aal(uuid, text, interval), session_ext.end_user_sessions(),
-    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json)
+    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json, uuid)
     FROM session_ext_user;
 GRANT EXECUTE ON FUNCTION session_ext.cleanup_expired_sessions(integer), session_ext.session_stats()
     TO session_ext_admin;

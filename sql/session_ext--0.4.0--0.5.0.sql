@@ -26,7 +26,7 @@ CREATE OR REPLACE FUNCTION session_ext.require_session("min_aal" text DEFAULT NU
 CREATE OR REPLACE FUNCTION session_ext.set_session_aal("session_id" uuid, "aal" text, "valid_for" interval DEFAULT NULL)
     RETURNS bool VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'set_session_aal_wrapper';
 CREATE OR REPLACE FUNCTION session_ext.end_user_sessions() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'end_user_sessions_wrapper';
+    STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'end_user_sessions_wrapper';
 CREATE OR REPLACE FUNCTION session_ext.import_session(
     "user_id" uuid,
     "token_sha256" bytea,
@@ -37,7 +37,8 @@ CREATE OR REPLACE FUNCTION session_ext.import_session(
     "device_info" text DEFAULT NULL,
     "user_agent" text DEFAULT NULL,
     "ip_address" inet DEFAULT NULL,
-    "session_data" json DEFAULT '{}'
+    "session_data" json DEFAULT '{}',
+    "id" uuid DEFAULT NULL
 ) RETURNS uuid VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'import_session_wrapper';
 
 -- Users read their own session; admins set levels, import, and attach the trigger (whoever may
@@ -45,12 +46,12 @@ CREATE OR REPLACE FUNCTION session_ext.import_session(
 REVOKE ALL ON FUNCTION session_ext.current_session_id(), session_ext.current_session(),
     session_ext.require_session(text), session_ext.set_session_aal(uuid, text, interval),
     session_ext.end_user_sessions(),
-    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json)
+    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json, uuid)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION session_ext.current_session_id(), session_ext.current_session(),
     session_ext.require_session(text) TO session_ext_user;
 GRANT EXECUTE ON FUNCTION session_ext.set_session_aal(uuid, text, interval), session_ext.end_user_sessions(),
-    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json)
+    session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json, uuid)
     TO session_ext_admin;
 
 COMMENT ON COLUMN session_ext.user_sessions.aal IS
@@ -71,5 +72,5 @@ COMMENT ON FUNCTION session_ext.set_session_aal(uuid, text, interval) IS
     'Sets an active session''s assurance level (admins), optionally for valid_for only; true when the session is active.';
 COMMENT ON FUNCTION session_ext.end_user_sessions() IS
     'Trigger for AFTER DELETE FOR EACH ROW on a users table: revokes the deleted user''s sessions (reason user_deleted). Argument: the uuid id column (default id).';
-COMMENT ON FUNCTION session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json) IS
-    'Imports a session from another store by the SHA-256 of its token (admins); NULL for one already over.';
+COMMENT ON FUNCTION session_ext.import_session(uuid, bytea, timestamptz, timestamptz, timestamptz, interval, text, text, inet, json, uuid) IS
+    'Imports a session from another store by the SHA-256 of its token, and optionally its id (admins); NULL for one already over.';

@@ -50,6 +50,20 @@ macro_rules! composite_result {
 }
 
 composite_result!(SessionInfo, "session_ext.session_info");
+
+/// What an AFTER trigger function returns: a null pointer (not SQL NULL, which the trigger manager
+/// refuses), which PostgreSQL ignores.
+pub struct TriggerResult;
+
+// SAFETY: a null pointer datum is what a trigger returns to keep no row.
+unsafe impl BoxRet for TriggerResult {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: a plain value, marked not null.
+        unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(0)) }
+    }
+}
+
+pgrx::impl_sql_translatable!(TriggerResult, "trigger");
 composite_result!(NewSession, "session_ext.new_session");
 
 impl NewSession {

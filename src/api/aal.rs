@@ -10,10 +10,10 @@ use crate::definer;
 use crate::errors::{excerpt, ApiError, ApiResult};
 use crate::events::{self, Event};
 use crate::identity;
-use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::datum::{Interval, JsonB};
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// An assurance level; higher is stronger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,7 +67,7 @@ static SET_LEVEL: Statement = Statement::new(
     "UPDATE session_ext.user_sessions s
         SET aal = $2, aal_expires_at = pg_catalog.now() + $3
       WHERE s.id = $1
-  RETURNING s.aal_expires_at",
+  RETURNING pg_catalog.to_jsonb(s.aal_expires_at)",
     &[UUID, TEXT, INTERVAL],
 );
 
@@ -94,9 +94,9 @@ fn set_session_aal(
             let from: Option<String> = row.col(4);
             let until = SET_LEVEL
                 .one(client, &[id.into(), level.name().into(), valid_for.into()])
-                .and_then(|row| row.col::<TimestampWithTimeZone>(1));
-            let details =
-                json!({ "from": from, "to": level.name(), "valid_until": until.map(|t| t.to_string()) });
+                .and_then(|row| row.col::<JsonB>(1))
+                .map_or(Value::Null, |JsonB(until)| until);
+            let details = json!({ "from": from, "to": level.name(), "valid_until": until });
             events::record(client, Event::AalChange, Some(&subject), details);
             true
         }))

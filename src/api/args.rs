@@ -52,8 +52,7 @@ pub fn session_token<'a>(value: Option<&'a str>, name: &str) -> ApiResult<&'a st
 }
 
 /// The SHA-256 of a token, as another store kept it: 32 bytes.
-pub fn token_sha256(value: Option<&[u8]>) -> ApiResult<token::TokenHash> {
-    let value = required(value, "token_sha256")?;
+pub fn token_sha256(value: &[u8]) -> ApiResult<token::TokenHash> {
     token::TokenHash::try_from(value).map_err(|_| {
         ApiError::invalid_argument(
             "token_sha256",
@@ -61,6 +60,18 @@ pub fn token_sha256(value: Option<&[u8]>) -> ApiResult<token::TokenHash> {
         )
         .hint("A hash kept as hex text becomes bytes with decode(column, 'hex').")
     })
+}
+
+/// A point in time given as argument `name`: finite, and at most 100 years ahead.
+pub fn moment(value: TimestampWithTimeZone, name: &str) -> ApiResult<TimestampWithTimeZone> {
+    let micros = i128::from(value.into_inner());
+    if micros == i128::from(i64::MAX) || micros == i128::from(i64::MIN) {
+        return Err(ApiError::invalid_argument(name, "must be a finite time"));
+    }
+    if micros - i128::from(crate::rows::now().into_inner()) > MAX_INTERVAL_MICROS {
+        return Err(ApiError::invalid_argument(name, "must not be more than 100 years ahead"));
+    }
+    Ok(value)
 }
 
 /// 22023 unless `earlier` (argument `name`) is at or before `later` (`limit`).

@@ -29,6 +29,7 @@ fn create_user_session_with_token(session_token: Option<&str>) -> Uuid {
             user_id,
             session_id: None,
             token_hash: token::hash(token),
+            id: None,
             data: args::session_data(Some(JsonText("{}")))?,
             times: Times::starting_now(options.ttl),
             options,
@@ -109,7 +110,7 @@ fn create_with_generated_token(
     let taken = session_id.map(|id| move || session_id_taken(id));
     let times = Times::starting_now(options.ttl);
     let created =
-        NewRow { user_id, session_id, token_hash, data, times, options, imported: false }.insert(taken)?;
+        NewRow { user_id, session_id, token_hash, id: None, data, times, options, imported: false }.insert(taken)?;
     Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 
@@ -184,6 +185,8 @@ struct NewRow<'a> {
     user_id: Uuid,
     session_id: Option<&'a str>,
     token_hash: TokenHash,
+    /// None: a new UUIDv7.
+    id: Option<Uuid>,
     /// The jsonb datum of `session_data`.
     data: pg_sys::Datum,
     times: Times,
@@ -204,7 +207,7 @@ impl NewRow<'_> {
     /// leaves nothing written. `taken` is the error for a session id or token already in use;
     /// without it, the id and token were generated and cannot be taken.
     fn insert<F: FnOnce() -> ApiError>(self, taken: Option<F>) -> ApiResult<Created> {
-        let id = Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+        let id = self.id.unwrap_or_else(|| Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes()));
         let session_id = self.session_id.map_or_else(|| uuid_text(&id), str::to_owned);
         let o = self.options;
         let Times { created_at, last_active_at, expires_at } = self.times;
@@ -265,13 +268,14 @@ impl NewRow<'_> {
 }
 
 /// Brings one session over from a store of your own (admins only), keyed by the SHA-256 of its
-/// token, so that the token the client holds validates through session_ext from then on. Returns
+/// token, so that the token the client holds validates through session_ext from then on; with
+/// `id`, under the id it had there (which JWT claims may name). Returns
 /// the new session's id, or NULL for a session already over (past `expires_at`, or idle longer
 /// than its idle timeout), which is not imported. `last_active_at` defaults to now and
 /// `created_at` to `last_active_at`; `idle_timeout` to `session_ext.idle_timeout` (`0` = none).
 /// The session starts a token family at `aal1`, as a new one does; no per-user limit applies.
 /// 22023 for a hash that is not 32 bytes and for times in the future or out of order, 23505 for
-/// a token some session already has, 42501 for a caller that is not an admin.
+/// a token or id some session already has, 42501 for a caller that is not an admin.
 #[allow(clippy::too_many_arguments)] // the SQL signature: every column of the old row is an argument
 #[pg_extern(volatile, parallel_unsafe)]
 fn import_session(
@@ -285,14 +289,15 @@ fn import_session(
     user_agent: default!(Option<&str>, "NULL"),
     ip_address: default!(Option<Inet>, "NULL"),
     session_data: default!(Option<JsonText<'_>>, "'{}'"),
+    id: default!(Option<Uuid>, "NULL"),
 ) -> Option<Uuid> {
     definer::as_owner(|| {
         let user_id = args::required(user_id, "user_id")?;
-        let token_hash = args::token_sha256(token_sha256)?;
-        let expires_at = args::required(expires_at, "expires_at")?;
+        let token_hash = args::token_sha256(args::required(token_sha256, "token_sha256")?)?;
+        let expires_at = args::moment(args::required(expires_at, "expires_at")?, "expires_at")?;
         let now = rows::now();
-        let last_active_at = last_active_at.unwrap_or(now);
-        let created_at = created_at.unwrap_or(last_active_at);
+        let last_active_at = args::moment(last_active_at.unwrap_or(now), "last_active_at")?;
+        let created_at = args::moment(created_at.unwrap_or(last_active_at), "created_at")?;
         args::not_later(last_active_at, now, "last_active_at", "now")?;
         args::not_later(created_at, last_active_at, "created_at", "last_active_at")?;
         let data = args::session_data(session_data)?;
@@ -302,10 +307,10 @@ fn import_session(
         if times.valid_until(options.idle_timeout).into_inner() <= now.into_inner() {
             return Ok(None);
         }
-        let row = NewRow { user_id, session_id: None, token_hash, data, times, options, imported: true };
+        let row = NewRow { user_id, session_id: None, token_hash, id, data, times, options, imported: true };
         let created = row.insert(Some(|| {
-            ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "token_sha256 is already in use")
-                .detail("A session with the same token exists; it was imported before, or created here.")
+            ApiError::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, "the session is already here")
+                .detail("A session with the same token_sha256 or id exists: it was imported before, or created here.")
                 .hint("Import each session once.")
         }))?;
         Ok(Some(created.id))

@@ -6,8 +6,8 @@ use crate::definer;
 use crate::errors::{excerpt, ApiError, ApiResult};
 use pgrx::datum::TryFromDatumError;
 use pgrx::prelude::*;
+use crate::types::TriggerResult;
 use pgrx::{PgSqlErrorCode, PgTriggerLevel, PgTriggerOperation, PgTriggerWhen, Uuid};
-use std::convert::Infallible;
 
 /// `AFTER DELETE ... FOR EACH ROW EXECUTE FUNCTION session_ext.end_user_sessions(['column'])`:
 /// revokes every active session of the deleted row's user, read from the `uuid` column the
@@ -15,18 +15,28 @@ use std::convert::Infallible;
 /// `revoke_all_user_sessions`). The deletion is the authority: it acts whoever deletes, so
 /// attach it only where deleting a row means the user is gone. 39P01 when attached another
 /// way, 42703 for a missing column, 42804 for a column that is not `uuid`.
-#[pg_trigger]
-fn end_user_sessions<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
+// Not `#[pg_trigger]`: its wrapper panics (an internal error) when the function is called other
+// than by the trigger manager; PostgreSQL's own trigger functions answer 39P01 then.
+#[pg_extern(volatile, parallel_unsafe)]
+fn end_user_sessions(fcinfo: pg_sys::FunctionCallInfo) -> TriggerResult {
     definer::as_owner(|| {
-        let user = deleted_user(trigger)?;
-        if let Some(user) = user {
+        // SAFETY: the call's own fcinfo; `from_fcinfo` checks that the trigger manager made it.
+        let trigger = unsafe { PgTrigger::from_fcinfo(&*fcinfo) }.map_err(|_| not_fired_as_expected("?"))?;
+        if let Some(user) = deleted_user(&trigger)? {
             Spi::connect(|client| revoke::revoke_user(client, user, "user_deleted"));
         }
         Ok(())
     });
-    Ok(None)
+    TriggerResult
+}
+
+fn not_fired_as_expected(trigger: &str) -> ApiError {
+    ApiError::new(
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        "session_ext.end_user_sessions must be fired AFTER DELETE FOR EACH ROW",
+    )
+    .detail(format!("Trigger {} is not.", excerpt(trigger)))
+    .hint("CREATE TRIGGER ... AFTER DELETE ON <users table> FOR EACH ROW EXECUTE FUNCTION session_ext.end_user_sessions('<id column>').")
 }
 
 /// The user id of the deleted row; None for a NULL id.
@@ -36,14 +46,7 @@ fn deleted_user(trigger: &PgTrigger<'_>) -> ApiResult<Option<Uuid>> {
         (Ok(PgTriggerWhen::After), PgTriggerLevel::Row, Ok(PgTriggerOperation::Delete)) => trigger.old(),
         _ => None,
     };
-    let Some(old) = old else {
-        return Err(ApiError::new(
-            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            "session_ext.end_user_sessions must be fired AFTER DELETE FOR EACH ROW",
-        )
-        .detail(format!("Trigger {} is not.", excerpt(trigger.name().unwrap_or("?"))))
-        .hint("CREATE TRIGGER ... AFTER DELETE ON <users table> FOR EACH ROW EXECUTE FUNCTION session_ext.end_user_sessions('<id column>')."));
-    };
+    let Some(old) = old else { return Err(not_fired_as_expected(trigger.name().unwrap_or("?"))) };
     let arguments = trigger.extra_args().unwrap_or_default();
     let column = match arguments.as_slice() {
         [] => "id",
