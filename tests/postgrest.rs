@@ -230,3 +230,77 @@ fn sessions_expire_on_the_clock_and_cleanup_deletes_exactly_those() {
     let left: Vec<Uuid> = column(&mut admin, "SELECT id FROM session_ext.user_sessions");
     assert_eq!(left, vec![live.0]);
 }
+
+/// Claims as Supabase Auth writes them: the user, and the session the access token belongs to.
+fn session_claims(user: &str, session: Uuid) -> String {
+    format!(r#"{{"sub":"{user}","role":"authenticated","aal":"aal1","session_id":"{session}"}}"#)
+}
+
+/// The README's `db-pre-request` hook (examples/postgrest/require_session.sql), run first in
+/// each request as PostgREST runs it; the request then reads its session.
+fn jwt_request(api: &mut Client, role: &str, claims: &str) -> Result<Option<Uuid>, postgres::Error> {
+    request(api, role, claims, |tx| {
+        tx.execute("SELECT public.require_live_session()", &[])?;
+        tx.query_one("SELECT (session_ext.current_session()).id", &[]).map(|r| r.get(0))
+    })
+}
+
+#[test]
+fn a_revoked_sessions_still_signed_jwt_is_refused_on_its_next_request() {
+    let (mut api, mut admin) = setup();
+    admin
+        .batch_execute(include_str!("../examples/postgrest/require_session.sql"))
+        .expect("installing the pre-request hook");
+    let (session, _) = alice_session(&mut api);
+    let jwt = session_claims(ALICE, session);
+
+    // A live session: the hook passes, and the request sees its session.
+    assert_eq!(jwt_request(&mut api, "authenticated", &jwt).unwrap(), Some(session));
+    // Requests whose JWT carries no session pass unchanged: anon, the service role.
+    for (role, claims) in [("anon", r#"{"role":"anon"}"#), ("service_role", r#"{"role":"service_role"}"#)] {
+        request(&mut api, role, claims, |tx| tx.execute("SELECT public.require_live_session()", &[]))
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+    }
+    // Another user's session id in Bob's JWT: refused, HTTP 401.
+    assert_eq!(sqlstate(jwt_request(&mut api, "authenticated", &session_claims(BOB, session))), "PT401");
+
+    // Alice signs out on another connection (her other device, or the auth server).
+    let revoked: bool = request(&mut admin, "service_role", r#"{"role":"service_role"}"#, |tx| {
+        tx.query_one("SELECT session_ext.revoke_session($1)", &[&session]).map(|r| r.get(0))
+    })
+    .unwrap();
+    assert!(revoked);
+    // Her access token is still signed and unexpired; its very next request is refused.
+    assert_eq!(sqlstate(jwt_request(&mut api, "authenticated", &jwt)), "PT401");
+    // Without the hook, the function itself says 28000.
+    let direct = request(&mut api, "authenticated", &jwt, |tx| {
+        tx.query_one("SELECT (session_ext.require_session()).id", &[]).map(|r| r.get::<_, Option<Uuid>>(0))
+    });
+    assert_eq!(sqlstate(direct), "28000");
+}
+
+#[test]
+fn a_step_up_level_is_required_where_asked_and_lapses() {
+    let (mut api, mut admin) = setup();
+    admin.batch_execute(include_str!("../examples/postgrest/require_session.sql")).unwrap();
+    let (session, _) = alice_session(&mut api);
+    let jwt = session_claims(ALICE, session);
+    let needs_aal2 = |api: &mut Client| {
+        request(api, "authenticated", &jwt, |tx| {
+            tx.execute("SELECT public.require_live_session('aal2')", &[]).map(|_| ())
+        })
+    };
+    assert_eq!(sqlstate(needs_aal2(&mut api)), "PT403", "aal1 is refused where aal2 is asked");
+    // The auth server verified a second factor.
+    let raised: bool = request(&mut admin, "service_role", r#"{"role":"service_role"}"#, |tx| {
+        tx.query_one("SELECT session_ext.set_session_aal($1, 'aal2', interval '2 seconds')", &[&session])
+            .map(|r| r.get(0))
+    })
+    .unwrap();
+    assert!(raised);
+    needs_aal2(&mut api).expect("aal2 passes");
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(sqlstate(needs_aal2(&mut api)), "PT403", "refused again once valid_for ran out");
+    // The session itself lives on at aal1.
+    assert_eq!(jwt_request(&mut api, "authenticated", &jwt).unwrap(), Some(session));
+}

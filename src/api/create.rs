@@ -109,8 +109,8 @@ fn create_with_generated_token(
     let token_hash = token::hash(&token);
     let taken = session_id.map(|id| move || session_id_taken(id));
     let times = Times::starting_now(options.ttl);
-    let created =
-        NewRow { user_id, session_id, token_hash, id: None, data, times, options, imported: false }.insert(taken)?;
+    let created = NewRow { user_id, session_id, token_hash, id: None, data, times, options, imported: false }
+        .insert(taken)?;
     Ok(NewSession::new(created.id, created.session_id, token, created.expires_at))
 }
 

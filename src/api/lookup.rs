@@ -191,8 +191,8 @@ unsafe fn copy_out(
         let mut info_nulls = SESSION_INFO.map(|column| nulls[column - 1]);
         // As `session_info_row!`: a raised level past its expiry is aal1 with no expiry.
         let aal = SESSION_INFO.len() - 2;
-        let stored = get(column::AAL)
-            .filter(|_| !get(column::AAL_EXPIRES_AT).is_some_and(|d| d.value() as i64 <= now));
+        let stored =
+            get(column::AAL).filter(|_| get(column::AAL_EXPIRES_AT).is_none_or(|d| d.value() as i64 > now));
         let level = match stored {
             Some(level) => pg_sys::Datum::from(pg_detoast_datum_copy(level.cast_mut_ptr())),
             None => {

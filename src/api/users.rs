@@ -4,9 +4,9 @@
 use super::revoke;
 use crate::definer;
 use crate::errors::{excerpt, ApiError, ApiResult};
+use crate::types::TriggerResult;
 use pgrx::datum::TryFromDatumError;
 use pgrx::prelude::*;
-use crate::types::TriggerResult;
 use pgrx::{PgSqlErrorCode, PgTriggerLevel, PgTriggerOperation, PgTriggerWhen, Uuid};
 
 /// `AFTER DELETE ... FOR EACH ROW EXECUTE FUNCTION session_ext.end_user_sessions(['column'])`:
