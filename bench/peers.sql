@@ -2,7 +2,9 @@
 --   * bench.validate_session / bench.create_user_session: the same functions written in
 --     PL/pgSQL, SECURITY DEFINER with a pinned search_path, with the same checks, rules and
 --     writes (activity at most once per touch_interval, an audit row per creation);
---   * bench.v7(): UUIDv7-like ids for loading, time-ordered like session_ext's.
+--   * bench.v7(): UUIDv7-like ids, time-ordered like session_ext's, for the PL/pgSQL peer;
+--   * bench.load: sessions numbered 1..n, each with its token (bench.token) and its JWT claims
+--     (bench.claims).
 CREATE SCHEMA bench;
 
 CREATE FUNCTION bench.validate_session(session_token text, fingerprint text DEFAULT NULL)
@@ -45,7 +47,9 @@ BEGIN
     END IF;
     RETURN ROW(s.id, s.session_id, s.user_id, s.session_data, s.data_version, s.device_info,
                s.user_agent, s.ip_address, s.created_at, s.last_active_at, s.expires_at,
-               s.idle_timeout, s.valid_until, s.revoked_at, s.revoke_reason)::session_ext.session_info;
+               s.idle_timeout, s.valid_until, s.revoked_at, s.revoke_reason,
+               CASE WHEN s.aal_expires_at <= now() THEN 'aal1' ELSE s.aal END,
+               CASE WHEN s.aal_expires_at > now() THEN s.aal_expires_at END)::session_ext.session_info;
 END
 $$;
 
@@ -64,9 +68,10 @@ BEGIN
     END IF;
     INSERT INTO session_ext.user_sessions AS s
            (id, user_id, session_id, token_hash, session_data, created_at, last_active_at,
-            expires_at, idle_timeout, valid_until)
+            expires_at, idle_timeout, valid_until, token_key)
     VALUES (id, user_id, id::text, sha256(convert_to(token, 'UTF8')), session_data::jsonb, now(), now(),
-            now() + lifetime, idle, LEAST(now() + lifetime, now() + idle))
+            now() + lifetime, idle, LEAST(now() + lifetime, now() + idle),
+            sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
     RETURNING s.id, s.session_id, token, s.expires_at INTO result;
     INSERT INTO session_ext.session_audit_log (event, session_id, user_id, actor_role, details)
     VALUES ('create', id, user_id, current_user, jsonb_build_object('session_id', id::text));
@@ -80,6 +85,20 @@ LANGUAGE sql VOLATILE AS $$
     SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
             || '7' || substr(md5(random()::text), 1, 3)
             || to_hex(8 + (random() * 3)::int) || substr(md5(random()::text), 1, 15))::uuid
+$$;
+
+-- The id of loaded session number n, shaped as a UUIDv7 and ordered by n (as ids made one after
+-- another are), and its user: 100,000 users share the sessions. JWT claims name both.
+CREATE FUNCTION bench.session_uuid(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('019a0000-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid
+$$;
+CREATE FUNCTION bench.user_uuid(n bigint) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(n % 100000), 12, '0'))::uuid
+$$;
+-- The request.jwt.claims of a request of session number n, as Supabase Auth writes them.
+CREATE FUNCTION bench.claims(n bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT json_build_object('sub', bench.user_uuid(n), 'role', 'authenticated', 'aal', 'aal1',
+                             'session_id', bench.session_uuid(n))::text
 $$;
 
 -- The token of loaded session number n: what a client would present.
@@ -98,12 +117,11 @@ BEGIN
     WHILE from_n <= last LOOP
         INSERT INTO session_ext.user_sessions
                (id, user_id, session_id, token_hash, session_data, created_at, last_active_at,
-                expires_at, idle_timeout, valid_until)
+                expires_at, idle_timeout, valid_until, token_key)
         SELECT v.id, v.user_id, v.id::text, sha256(convert_to(bench.token(n), 'UTF8')), '{"plan": "pro"}',
-               now(), now(), v.ends, interval '1 day', v.ends
+               now(), now(), v.ends, interval '1 day', v.ends, sha256(convert_to('bench-key-' || n, 'UTF8'))
           FROM generate_series(from_n, least(from_n + chunk - 1, last)) AS n,
-               LATERAL (SELECT bench.v7() AS id,
-                               ('00000000-0000-4000-8000-' || lpad(to_hex(n % 100000), 12, '0'))::uuid AS user_id,
+               LATERAL (SELECT bench.session_uuid(n) AS id, bench.user_uuid(n) AS user_id,
                                CASE WHEN expired THEN now() - interval '1 minute' ELSE now() + interval '1 day' END AS ends) v;
         COMMIT;
         from_n := from_n + chunk;

@@ -59,7 +59,7 @@ sql medium -c "CREATE ROLE bench_unaudited LOGIN SUPERUSER" -c "ALTER ROLE bench
 load() {
     local started=$SECONDS
     sql "$1" -c "CALL bench.load($2, $3, ${4:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" \
-        -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key')" \
+        -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key'), pg_prewarm('session_ext.user_sessions_pkey')" \
         -c "CHECKPOINT" >/dev/null
     echo "  loaded sessions $2..$3 into bench_$1 in $((SECONDS - started)) s"
 }
@@ -151,6 +151,9 @@ say "scale $MEDIUM: validation, creation and memory"
 compare validate_ext::medium validate_raw::medium validate_plpgsql::medium
 compared "validate_session vs raw SQL query (tps)" validate_ext::medium validate_raw::medium ">=0.97"
 compared "validate_session vs PL/pgSQL peer (tps)" validate_ext::medium validate_plpgsql::medium ">=1.30"
+# PostgREST's request shape, for both: BEGIN, the JWT claims set for the transaction, the call, COMMIT.
+compare current_ext::medium current_raw::medium
+compared "current_session vs raw primary-key query, one request each (tps)" current_ext::medium current_raw::medium ">=0.97"
 compare create_ext:bench_unaudited:medium create_raw::medium create_ext::medium create_raw_audited::medium \
     create_plpgsql::medium
 compared "create_user_session, audit off, vs plain INSERT of the session (tps)" \

@@ -77,3 +77,32 @@ SELECT session_ext.validate_session(session_token => :'web_token') IS NULL AS re
        session_ext.validate_session(session_token => :'rotated_again') IS NULL AS current_token_rejected_too;
 COMMIT;
 SELECT event, details FROM session_ext.session_audit_log WHERE session_id = :'web_id' ORDER BY id;
+
+\echo '\n--- 11. A JWT that names its session (as Supabase Auth''s session_id claim): refused at once after a logout'
+SELECT id AS laptop_id FROM session_ext.create_user_session(user_id => :'alice', session_data => '{}', device_info => 'laptop') \gset
+\echo 'The auth server signs the session id into the access token; each request checks the session it names:'
+BEGIN;
+SELECT set_config('role', 'demo_app', true),
+       set_config('request.jwt.claims', json_build_object('sub', :'alice', 'session_id', :'laptop_id')::text, true) \g /dev/null
+SELECT id, device_info, aal FROM session_ext.require_session();
+COMMIT;
+\echo 'After a second factor, the auth server raises the session to aal2 for 15 minutes:'
+SELECT session_ext.set_session_aal(:'laptop_id', 'aal2', valid_for => '15 minutes') AS raised;
+BEGIN;
+SELECT set_config('role', 'demo_app', true),
+       set_config('request.jwt.claims', json_build_object('sub', :'alice', 'session_id', :'laptop_id')::text, true) \g /dev/null
+SELECT id, aal, aal_expires_at FROM session_ext.require_session(min_aal => 'aal2');
+COMMIT;
+\echo 'Logged out from another device; the same JWT, still signed and unexpired, on its next request:'
+SELECT session_ext.revoke_session(:'laptop_id') AS logged_out;
+BEGIN;
+SELECT set_config('role', 'demo_app', true),
+       set_config('request.jwt.claims', json_build_object('sub', :'alice', 'session_id', :'laptop_id')::text, true) \g /dev/null
+DO $$
+BEGIN
+    PERFORM session_ext.require_session();
+EXCEPTION WHEN invalid_authorization_specification THEN
+    RAISE NOTICE 'refused, SQLSTATE % (HTTP 401 through the PostgREST hook): %', SQLSTATE, SQLERRM;
+END
+$$;
+COMMIT;

@@ -45,8 +45,8 @@ fn require_session(min_aal: default!(Option<&str>, "NULL")) -> Option<SessionInf
         let Some(live) = lookup::live(Key::Id(id)).filter(|live| live.user_id == user) else {
             return Err(not_active(id, user));
         };
-        if let Some(min) = min.filter(|&min| live.aal < min) {
-            return Err(level_too_low(id, live.aal, min));
+        if let Some(min) = min.filter(|&min| live.aal() < min) {
+            return Err(level_too_low(id, live.aal(), min));
         }
         record_activity(live, Key::Id(id), writable()).map(Some).ok_or_else(|| not_active(id, user))
     })
@@ -82,4 +82,58 @@ fn level_too_low(id: Uuid, level: Level, min: Level) -> ApiError {
     )
     .detail(format!("Session {id} is at {}.", level.name()))
     .hint("Verify another factor; the auth server then raises the session with session_ext.set_session_aal.")
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::testing::{count, create, ALICE};
+    use pgrx::prelude::*;
+
+    fn name_session_in_claims(id: &pgrx::Uuid) {
+        Spi::run(&format!(
+            "SELECT set_config('request.jwt.claims', json_build_object('sub', '{ALICE}', 'session_id', '{id}')::text, true)"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn a_read_only_request_reads_its_session_and_writes_nothing() {
+        let (id, _) = create(ALICE, "");
+        Spi::run(&format!(
+            "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 min' WHERE id = '{id}'"
+        ))
+        .unwrap();
+        name_session_in_claims(&id);
+        Spi::run("SET LOCAL transaction_read_only = on").unwrap();
+        let found = Spi::get_one::<pgrx::Uuid>("SELECT (session_ext.current_session()).id").unwrap();
+        assert_eq!(found, Some(id));
+        let untouched = format!(
+            "SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}' AND last_active_at = now() - interval '10 min'"
+        );
+        assert_eq!(count(&untouched), 1);
+    }
+
+    /// As `validate_session`: the session is read after the transaction's earlier commands, even
+    /// those of the statement that asks.
+    #[pg_test]
+    fn a_session_revoked_earlier_in_the_same_statement_is_not_current() {
+        let (id, _) = create(ALICE, "");
+        name_session_in_claims(&id);
+        let sql = format!(
+            "WITH r AS MATERIALIZED (SELECT session_ext.revoke_session('{id}'))
+             SELECT (session_ext.current_session()).id IS NULL FROM r"
+        );
+        assert_eq!(Spi::get_one::<bool>(&sql).unwrap(), Some(true));
+    }
+
+    #[pg_test(error = "the session of this request is not active")]
+    fn require_session_refuses_it_in_the_same_statement_too() {
+        let (id, _) = create(ALICE, "");
+        name_session_in_claims(&id);
+        Spi::run(&format!(
+            "WITH r AS MATERIALIZED (SELECT session_ext.revoke_session('{id}')) SELECT session_ext.require_session() FROM r"
+        ))
+        .unwrap();
+    }
 }

@@ -27,13 +27,20 @@ pub struct Live {
     /// The `session_ext.session_info` of the session, ready to return.
     pub info: pg_sys::Datum,
     pub token_generation: i64,
-    /// The assurance level in force.
-    pub aal: Level,
     /// The bytea datum of `token_key`, in the caller's memory context.
     token_key: pg_sys::Datum,
+    /// The text datum of the assurance level in force, in the caller's memory context.
+    aal: pg_sys::Datum,
 }
 
 impl Live {
+    /// The assurance level in force (read only by the functions that ask for one).
+    pub fn aal(&self) -> Level {
+        // SAFETY: a text datum `find` copied into the caller's memory context.
+        let name = unsafe { String::from_datum(self.aal, false) };
+        name.and_then(|name| Level::parse(&name)).unwrap_or(Level::Aal1)
+    }
+
     /// The session's secret key (`token_key`).
     pub fn token_key(&self) -> Vec<u8> {
         // SAFETY: a bytea datum `find` copied into the caller's memory context.
@@ -100,10 +107,8 @@ pub fn live(key: Key<'_>) -> Option<Live> {
             last_active_at: found.last_active_at,
             info: found.info,
             token_generation: found.token_generation,
-            aal: String::from_datum(found.aal, false)
-                .and_then(|name| Level::parse(&name))
-                .unwrap_or(Level::Aal1),
             token_key: found.token_key,
+            aal: found.aal,
         })
     }
 }
