@@ -71,7 +71,8 @@ SELECT is((session_ext.current_session()).last_active_at, now() - interval '30 s
 -- require_session: anon and service role requests pass; a named session must be live.
 SET LOCAL request.jwt.claims = '{"role":"anon"}';
 SELECT is(session_ext.require_session(), NULL, 'claims without session_id pass');
-SELECT is(session_ext.require_session('aal3'), NULL, 'whatever the level asked');
+SELECT throws_ok($$SELECT session_ext.require_session('aal1')$$, '42501', 'this request needs assurance level aal1',
+    'but asked for a level, a request with no session is refused: no session proves one');
 SELECT set_config('request.jwt.claims', pg_temp.claims(:alice, :'alice_id'), true) \g /dev/null
 SELECT is((session_ext.require_session()).id, :'alice_id'::uuid, 'a live session of the claims'' user passes');
 SELECT is((session_ext.require_session('aal1')).id, :'alice_id'::uuid, 'at aal1 when aal1 is asked');

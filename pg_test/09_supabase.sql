@@ -2,7 +2,7 @@
 -- auth.sessions: sessions mirrored under the ids its JWTs carry, a JWT refused once its session
 -- is signed out or revoked, the second factor's level, and sessions ending with their user.
 \ir fixtures/begin.sql
-SELECT plan(14);
+SELECT plan(17);
 
 CREATE SCHEMA auth;
 CREATE TYPE auth.aal_level AS ENUM ('aal1', 'aal2', 'aal3');
@@ -85,11 +85,29 @@ SELECT is(session_ext.revoke_other_sessions(session_ext.current_session_id()), 1
 RESET ROLE;
 SELECT is(pg_temp.request('0195f0a2-0000-7000-8000-00000000000d'), 'PT401', 'its JWT is refused');
 SELECT is(pg_temp.request('0195f0a2-0000-7000-8000-00000000000a'), 'ok', 'the session that changed it lives on');
+-- Supabase Auth still has that row; after cleanup deleted the revoked session, running the recipe
+-- again must not bring it back.
+DELETE FROM session_ext.user_sessions WHERE id = '0195f0a2-0000-7000-8000-00000000000d';
+\o /dev/null
+\ir ../examples/supabase/mirror_auth_sessions.sql
+\o
+SELECT is((SELECT count(*) FROM session_ext.user_sessions WHERE id = '0195f0a2-0000-7000-8000-00000000000d'), 0::bigint,
+          'running the recipe again mirrors no session again');
 
--- A deleted user's sessions all end, and nobody else's.
+-- A deleted user's sessions all end, as user_deleted, and nobody else's.
 DELETE FROM auth.users WHERE id = :alice;
 SELECT is((SELECT array_agg(DISTINCT revoked_at IS NOT NULL ORDER BY revoked_at IS NOT NULL) FROM session_ext.user_sessions WHERE user_id = :alice),
           ARRAY[true], 'deleting the user ends every one of its sessions');
+SELECT is((SELECT revoke_reason FROM session_ext.user_sessions WHERE id = '0195f0a2-0000-7000-8000-00000000000a'), 'user_deleted',
+          'the live one with reason user_deleted');
+-- The mirror function acts with its caller's rights: an API role that may call it gets nothing.
+GRANT EXECUTE ON FUNCTION public.session_ext_mirror(auth.sessions) TO authenticated;
+GRANT USAGE ON SCHEMA auth TO authenticated;
+SET LOCAL ROLE authenticated;
+SELECT throws_ok($$SELECT public.session_ext_mirror(ROW('0195f0a2-0000-7000-8000-0000000000ff', 'b0b00000-0000-4000-8000-000000000002',
+                                                        now(), now(), NULL, 'aal3', NULL, NULL, NULL, NULL, NULL)::auth.sessions)$$,
+                 '42501', NULL, 'a user granted the mirror function still cannot import a session with it');
+RESET ROLE;
 SELECT is(pg_temp.request('0195f0a2-0000-7000-8000-00000000000c'), 'ok', 'and nobody else''s');
 SELECT * FROM finish();
 ROLLBACK;

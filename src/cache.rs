@@ -10,7 +10,7 @@
 
 use crate::errors::ApiError;
 use crate::internals;
-use crate::schema::{AUDIT_TYPES, NEW_SESSION_TYPES, SESSION_INFO, SESSION_TYPES};
+use crate::schema::{column, AUDIT_TYPES, NEW_SESSION_TYPES, SESSION_INFO, SESSION_TYPES};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::{pg_guard, PgSqlErrorCode, Spi};
 use std::cell::Cell;
@@ -93,11 +93,15 @@ fn relations() -> Relations {
         check_shape(audit_table, "the table session_ext.session_audit_log", &AUDIT_TYPES, false);
         check_shape(info_relation, "the type session_ext.session_info", &session_info_types, true);
         check_shape(new_session_relation, "the type session_ext.new_session", &NEW_SESSION_TYPES, true);
+        let token_index = relid(c"user_sessions_token_hash_key");
+        let id_index = relid(c"user_sessions_pkey");
+        check_probe_index(token_index, table, column::TOKEN_HASH, "session_ext.user_sessions_token_hash_key");
+        check_probe_index(id_index, table, column::ID, "session_ext.user_sessions_pkey");
         Relations {
             table,
             audit_table,
-            token_index: relid(c"user_sessions_token_hash_key"),
-            id_index: relid(c"user_sessions_pkey"),
+            token_index,
+            id_index,
             valid_until_index: relid(c"user_sessions_valid_until_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
@@ -134,6 +138,36 @@ unsafe fn check_shape(relation: pg_sys::Oid, what: &str, types: &[PgOid], exact:
         None => return,
     };
     altered(problem)
+}
+
+/// Raises 55000 unless `index` is what `api::lookup` probes by equality on its one key: a valid,
+/// unique, non-partial index of `table` on exactly `column`. Anyone who owns the objects could
+/// drop the constraint and create another index under its name.
+///
+/// # Safety
+/// Inside a transaction; `index` exists.
+unsafe fn check_probe_index(index: pg_sys::Oid, table: pg_sys::Oid, column: usize, what: &str) {
+    // SAFETY: the caller's contract; the tuple is released before any error is raised.
+    let fits = unsafe {
+        let tuple =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::INDEXRELID as _, pg_sys::Datum::from(index));
+        if tuple.is_null() {
+            false
+        } else {
+            let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_index>(tuple);
+            let fits = form.indrelid == table
+                && form.indnatts == 1
+                && form.indisunique
+                && form.indisvalid
+                && form.indkey.values.as_slice(1)[0] as usize == column
+                && pg_sys::heap_attisnull(tuple, pg_sys::Anum_pg_index_indpred as _, std::ptr::null_mut());
+            pg_sys::ReleaseSysCache(tuple);
+            fits
+        }
+    };
+    if !fits {
+        altered(format!("{what} is no longer a unique index on that column alone."));
+    }
 }
 
 /// 55000: the code reads and writes these objects below SQL, by their declared shape. Objects of

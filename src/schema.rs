@@ -57,6 +57,7 @@ pub mod column {
     pub const ID: usize = 1;
     pub const USER_ID: usize = 2;
     pub const SESSION_ID: usize = 3;
+    pub const TOKEN_HASH: usize = 4;
     pub const SESSION_DATA: usize = 7;
     pub const DATA_VERSION: usize = 8;
     pub const DEVICE_INFO: usize = 9;
@@ -110,6 +111,7 @@ mod tests {
             ("id", column::ID),
             ("user_id", column::USER_ID),
             ("session_id", column::SESSION_ID),
+            ("token_hash", column::TOKEN_HASH),
             ("session_data", column::SESSION_DATA),
             ("data_version", column::DATA_VERSION),
             ("device_info", column::DEVICE_INFO),

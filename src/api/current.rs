@@ -30,17 +30,23 @@ fn claimed_session(claimed: Claimed) -> Option<SessionInfo> {
 }
 
 /// As `current_session`, for PostgREST's `db-pre-request` and for functions that need a live
-/// session: claims without a `session_id` (anon, service role) pass and return NULL. Claims
-/// that name a session raise 28000 when it is not the active session of their `sub` (revoked,
-/// expired, unknown, another user's) and 42501 when its assurance level is below `min_aal`
-/// (`aal1`, `aal2` or `aal3`; 22023 for another value). The README's recipe turns them into
-/// HTTP 401 and 403.
+/// session: claims without a `session_id` (anon, service role) pass and return NULL, unless a
+/// `min_aal` is asked, which only a session can meet (42501). Claims that name a session raise
+/// 28000 when it is not the active session of their `sub` (revoked, expired, unknown, another
+/// user's) and 42501 when its assurance level is below `min_aal` (`aal1`, `aal2` or `aal3`;
+/// 22023 for another value). The README's recipe turns them into HTTP 401 and 403.
 #[pg_extern(volatile, parallel_unsafe)]
 fn require_session(min_aal: default!(Option<&str>, "NULL")) -> Option<SessionInfo> {
     definer::as_owner(|| {
         let min = min_aal.map(|name| Level::argument(name, "min_aal")).transpose()?;
         let claimed = identity::claimed()?;
-        let Some(id) = claimed.session else { return Ok(None) };
+        let Some(id) = claimed.session else {
+            // No session proves a level: a gate for aal2 must not open to anon or a service key.
+            return match min {
+                None => Ok(None),
+                Some(min) => Err(no_session_for(min)),
+            };
+        };
         let user = identity::require_user()?;
         let Some(live) = lookup::live(Key::Id(id)).filter(|live| live.user_id == user) else {
             return Err(not_active(id, user));
@@ -76,12 +82,22 @@ fn not_active(id: Uuid, user: Uuid) -> ApiError {
 }
 
 fn level_too_low(id: Uuid, level: Level, min: Level) -> ApiError {
+    needs(min).detail(format!("Session {id} is at {}.", level.name())).hint(
+        "Verify another factor; the auth server then raises the session with session_ext.set_session_aal.",
+    )
+}
+
+fn no_session_for(min: Level) -> ApiError {
+    needs(min)
+        .detail("The request's claims name no session (no \"session_id\" claim).")
+        .hint("Only a signed-in session reaches a level: sign in, then verify the factor.")
+}
+
+fn needs(min: Level) -> ApiError {
     ApiError::new(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!("this request needs assurance level {}", min.name()),
     )
-    .detail(format!("Session {id} is at {}.", level.name()))
-    .hint("Verify another factor; the auth server then raises the session with session_ext.set_session_aal.")
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -125,6 +141,20 @@ mod tests {
              SELECT (session_ext.current_session()).id IS NULL FROM r"
         );
         assert_eq!(Spi::get_one::<bool>(&sql).unwrap(), Some(true));
+    }
+
+    /// The probe reads the index by its name: one that no longer is the primary key is refused,
+    /// never probed.
+    #[pg_test(error = "session_ext's objects were altered")]
+    fn a_primary_key_replaced_under_its_name_is_refused() {
+        let (id, _) = create(ALICE, "");
+        name_session_in_claims(&id);
+        Spi::run(
+            "ALTER TABLE session_ext.user_sessions DROP CONSTRAINT user_sessions_pkey;
+             CREATE UNIQUE INDEX user_sessions_pkey ON session_ext.user_sessions (user_id);",
+        )
+        .unwrap();
+        Spi::run("SELECT session_ext.current_session()").unwrap();
     }
 
     #[pg_test(error = "the session of this request is not active")]
