@@ -2,7 +2,7 @@
 -- sessions that end with their user, imports from a hand-rolled table, and the settings a
 -- non-superuser project owner may be granted. Requests are made as PostgREST makes them.
 \ir fixtures/begin.sql
-SELECT plan(70);
+SELECT plan(71);
 
 -- SQLSTATE, message and detail of the error a call raises, NULL when it raises none.
 CREATE FUNCTION pg_temp.error_of(call text) RETURNS text LANGUAGE plpgsql AS $f$
@@ -233,6 +233,11 @@ SET LOCAL ROLE project_owner;
 SET LOCAL session_ext.idle_timeout = '30min';
 SELECT is(current_setting('session_ext.idle_timeout'), '30min', 'GRANT SET ON PARAMETER lets it');
 SELECT lives_ok($$ALTER ROLE project_owner SET session_ext.session_lifetime = '7d'$$, 'and lets it keep a default of its own');
+RESET ROLE;
+SELECT format('ALTER DATABASE %I OWNER TO project_owner', current_database()) \gexec
+SET LOCAL ROLE project_owner;
+SELECT lives_ok(format('ALTER DATABASE %I SET session_ext.idle_timeout = %L', current_database(), '30min'),
+    'and set a default for a database it owns');
 SELECT throws_ok($$SET LOCAL session_ext.audit = off$$, '42501', NULL, 'the audit setting stays with superusers');
 RESET ROLE;
 
