@@ -68,9 +68,9 @@ BEGIN
     END IF;
     INSERT INTO session_ext.user_sessions AS s
            (id, user_id, session_id, token_hash, session_data, created_at, last_active_at,
-            expires_at, idle_timeout, valid_until, token_key)
+            expires_at, idle_timeout, valid_until, cleanup_after, token_key)
     VALUES (id, user_id, id::text, sha256(convert_to(token, 'UTF8')), session_data::jsonb, now(), now(),
-            now() + lifetime, idle, LEAST(now() + lifetime, now() + idle),
+            now() + lifetime, idle, LEAST(now() + lifetime, now() + idle), LEAST(now() + lifetime, now() + idle),
             sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
     RETURNING s.id, s.session_id, token, s.expires_at INTO result;
     INSERT INTO session_ext.session_audit_log (event, session_id, user_id, actor_role, details)
@@ -107,8 +107,8 @@ CREATE FUNCTION bench.token(n bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Loads sessions number first..last, live (expires in a day) or already expired, all last active
--- just now so that validations within the run write nothing.
-CREATE PROCEDURE bench.load(first bigint, last bigint, expired boolean DEFAULT false)
+-- just now so that validations within the run write nothing, with idle timeout `idle`.
+CREATE PROCEDURE bench.load(first bigint, last bigint, expired boolean DEFAULT false, idle interval DEFAULT '1 day')
 LANGUAGE plpgsql AS $$
 DECLARE
     chunk constant bigint := 500000;
@@ -117,9 +117,10 @@ BEGIN
     WHILE from_n <= last LOOP
         INSERT INTO session_ext.user_sessions
                (id, user_id, session_id, token_hash, session_data, created_at, last_active_at,
-                expires_at, idle_timeout, valid_until, token_key)
+                expires_at, idle_timeout, valid_until, cleanup_after, token_key)
         SELECT v.id, v.user_id, v.id::text, sha256(convert_to(bench.token(n), 'UTF8')), '{"plan": "pro"}',
-               now(), now(), v.ends, interval '1 day', v.ends, sha256(convert_to('bench-key-' || n, 'UTF8'))
+               now(), now(), v.ends, idle, least(v.ends, now() + idle), least(v.ends, now() + idle),
+               sha256(convert_to('bench-key-' || n, 'UTF8'))
           FROM generate_series(from_n, least(from_n + chunk - 1, last)) AS n,
                LATERAL (SELECT bench.session_uuid(n) AS id, bench.user_uuid(n) AS user_id,
                                CASE WHEN expired THEN now() - interval '1 minute' ELSE now() + interval '1 day' END AS ends) v;

@@ -43,22 +43,24 @@ cluster_start bench
 WORK="$(cluster_dir bench)/work"
 mkdir -p "$WORK"
 # Each scale in a database of its own, so that the scales can be measured in the same rounds.
-declare -A SIZE=([small]=$SMALL [medium]=$MEDIUM [large]=$LARGE)
+declare -A SIZE=([small]=$SMALL [medium]=$MEDIUM [large]=$LARGE [activity]=$MEDIUM)
 sql() { cluster_psql bench -At -d "bench_$1" "${@:2}"; }
-for scale in small medium large; do
+for scale in small medium large activity; do
     cluster_psql bench -c "CREATE DATABASE bench_$scale" >/dev/null
     sql "$scale" -c "CREATE EXTENSION session_ext" -c "CREATE EXTENSION pg_prewarm" -f "$BENCH/peers.sql" >/dev/null
 done
 # A second superuser whose sessions write no audit rows: session_ext doing exactly what a plain
 # INSERT of a session does.
 sql medium -c "CREATE ROLE bench_unaudited LOGIN SUPERUSER" -c "ALTER ROLE bench_unaudited SET session_ext.audit = off" >/dev/null
+# Activity writes: there every validation writes, as one does when its touch_interval is due.
+sql activity -c "ALTER DATABASE bench_activity SET session_ext.touch_interval = 0" >/dev/null
 
-# load SCALE FIRST LAST [expired]: sessions FIRST..LAST, then VACUUM ANALYZE, the table and its
-# token index read into the cache, and a checkpoint, so that every scale is measured warm and
-# no measurement shares the machine with the checkpoint of a load.
+# load SCALE FIRST LAST [expired [idle_timeout]]: sessions FIRST..LAST, then VACUUM ANALYZE, the
+# table and its token index read into the cache, and a checkpoint, so that every scale is measured
+# warm and no measurement shares the machine with the checkpoint of a load.
 load() {
     local started=$SECONDS
-    sql "$1" -c "CALL bench.load($2, $3, ${4:-false})" -c "VACUUM ANALYZE session_ext.user_sessions" \
+    sql "$1" -c "CALL bench.load($2, $3, ${4:-false}, '${5:-1 day}')" -c "VACUUM ANALYZE session_ext.user_sessions" \
         -c "SELECT pg_prewarm('session_ext.user_sessions'), pg_prewarm('session_ext.user_sessions_token_hash_key'), pg_prewarm('session_ext.user_sessions_pkey')" \
         -c "CHECKPOINT" >/dev/null
     echo "  loaded sessions $2..$3 into bench_$1 in $((SECONDS - started)) s"
@@ -175,11 +177,56 @@ growth=$(echo "$memory" | awk 'NR == 2 { before = $1 } NR == 4 { print $1 - befo
 echo "  backend memory growth over 100,000 validations: $growth bytes"
 ROWS+=("| backend memory growth over 100,000 validations (bytes) | $growth | - | - | <= 65536 | $([ "$growth" -le 65536 ] && echo yes || echo NO) |")
 
+say "activity writes: $MEDIUM sessions with the default idle timeout, every validation writing"
+# A copy of the same sessions in a plain table with the indexes a user would give it: primary key,
+# token hash, user, expiry. Its activity write is one UPDATE ... RETURNING (bench/scripts/touch_raw.sql).
+load activity 1 $MEDIUM false '1 hour'
+sql activity -c "CREATE TABLE bench.plain_sessions AS SELECT * FROM session_ext.user_sessions" \
+    -c "ALTER TABLE bench.plain_sessions ADD PRIMARY KEY (id), ADD UNIQUE (token_hash)" \
+    -c "CREATE INDEX ON bench.plain_sessions (user_id, created_at)" \
+    -c "CREATE INDEX ON bench.plain_sessions (expires_at)" \
+    -c "VACUUM ANALYZE bench.plain_sessions" -c "SELECT pg_prewarm('bench.plain_sessions')" -c "CHECKPOINT" >/dev/null
+# activity_round PEER TABLE: one round of PEER (as tps takes it) writing to TABLE; prints its tps,
+# WAL bytes per write (from pg_current_wal_lsn) and the percentage of its writes that were HOT
+# updates (from pg_stat_user_tables). Each call writes one row.
+activity_round() {
+    local lsn updated hot rate
+    read -r lsn updated hot < <(sql activity -F ' ' -c "SELECT pg_current_wal_lsn(), n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = '$2'::regclass")
+    rate=$(tps "$1")
+    # A backend sends its statistics as it exits, before it leaves pg_stat_activity.
+    until [ "$(sql activity -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")" = 0 ]; do
+        sleep 0.1
+    done
+    sql activity -F ' ' -c "SELECT $rate, round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn') / (n_tup_upd - $updated)),
+                                  round(100.0 * (n_tup_hot_upd - $hot) / (n_tup_upd - $updated), 1)
+                             FROM pg_stat_user_tables WHERE relid = '$2'::regclass"
+}
+declare -A ACTIVITY
+for round in $(seq 0 $((ROUNDS - 1))); do
+    for i in 0 1; do
+        if [ $(((round + i) % 2)) = 0 ]; then
+            ACTIVITY[ext]+="$(activity_round validate_ext::activity session_ext.user_sessions)"$'\n'
+        else
+            ACTIVITY[raw]+="$(activity_round touch_raw::activity bench.plain_sessions)"$'\n'
+        fi
+    done
+done
+# activity PEER FIELD: the median of one field (1 tps, 2 WAL bytes per write, 3 HOT %) over the rounds.
+activity() { awk -v f="$2" 'NF { print $f }' <<<"${ACTIVITY[$1]}" | median; }
+for peer in ext raw; do
+    printf '  %-4s tps, WAL bytes per write, HOT %% by round: %s\n' "$peer" "$(tr '\n' ';' <<<"${ACTIVITY[$peer]}")"
+done
+row "activity write: validate_session, touch due, vs plain UPDATE ... RETURNING (tps)" \
+    "$(activity ext 1)" "$(activity raw 1)" "$(ratio "$(activity ext 1)" "$(activity raw 1)")" ">=1.00"
+row "activity write: WAL bytes per write, vs plain UPDATE" \
+    "$(activity ext 2)" "$(activity raw 2)" "$(ratio "$(activity ext 2)" "$(activity raw 2)")" "<=1.30"
+ROWS+=("| activity writes that are HOT updates (%), vs plain UPDATE | $(activity ext 3) | $(activity raw 3) | - | >= 90 | $(awk -v h="$(activity ext 3)" 'BEGIN { print (h >= 90) ? "yes" : "NO" }') |")
+
 say "cleanup of $MEDIUM expired sessions, each way under the same validation load"
 load medium 20000001 $((20000000 + MEDIUM)) true
 read -r idle_p50 idle_p99 < <(latency 10 500)
 echo "  validation latency, idle: p50 $idle_p50 ms, p99 $idle_p99 ms"
-read -r delete_rate delete_p50 delete_p99 < <(under_load "DELETE FROM session_ext.user_sessions WHERE valid_until <= now()")
+read -r delete_rate delete_p50 delete_p99 < <(under_load "DELETE FROM session_ext.user_sessions WHERE cleanup_after <= now() AND valid_until <= now()")
 echo "  plain DELETE: $delete_rate rows/s; validation latency meanwhile: p50 $delete_p50 ms, p99 $delete_p99 ms"
 sql medium -c "VACUUM session_ext.user_sessions" >/dev/null
 load medium 30000001 $((30000000 + MEDIUM)) true

@@ -1,13 +1,14 @@
 -- Objects and layout (SPEC §2): table, columns, indexes, types, roles, RLS, pg_dump registration.
 \ir fixtures/begin.sql
-SELECT plan(30);
+SELECT plan(32);
 
 SELECT has_schema('session_ext');
 SELECT has_table('session_ext', 'user_sessions', 'the sessions table exists');
 SELECT columns_are('session_ext', 'user_sessions', ARRAY[
     'id', 'user_id', 'session_id', 'token_hash', 'root_token_hashes', 'rotated_at', 'session_data', 'data_version', 'device_info',
     'user_agent', 'ip_address', 'fingerprint_hash', 'created_at', 'last_active_at', 'expires_at',
-    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason', 'token_key', 'token_generation', 'aal', 'aal_expires_at'
+    'idle_timeout', 'valid_until', 'revoked_at', 'revoke_reason', 'token_key', 'token_generation', 'aal', 'aal_expires_at',
+    'cleanup_after'
 ]);
 SELECT col_is_pk('session_ext', 'user_sessions', 'id', 'id is the primary key');
 SELECT col_type_is('session_ext', 'user_sessions', 'token_hash', 'bytea', 'only a hash of the token is stored');
@@ -18,7 +19,17 @@ SELECT col_is_unique('session_ext', 'user_sessions', 'token_hash', 'token_hash i
 -- Every lookup the functions make is served by an index.
 SELECT index_is_unique('session_ext', 'user_sessions', 'user_sessions_token_hash_key', 'token lookup is one unique index probe');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_user_idx', ARRAY['user_id', 'created_at'], 'per-user index');
-SELECT has_index('session_ext', 'user_sessions', 'user_sessions_valid_until_idx', ARRAY['valid_until', 'id'], 'expiry index');
+SELECT has_index('session_ext', 'user_sessions', 'user_sessions_cleanup_idx', ARRAY['cleanup_after', 'id'], 'expiry index: cleanup''s deadline');
+-- An activity write changes last_active_at and valid_until only: with neither in any index (its
+-- columns, expressions or predicate), PostgreSQL can make it a HOT update.
+SELECT is((SELECT count(*)::int FROM pg_catalog.pg_index i
+            WHERE i.indrelid = 'session_ext.user_sessions'::regclass
+              AND (i.indkey::int2[] && ARRAY[14, 17]::int2[]
+                   OR pg_catalog.pg_get_expr(i.indexprs, i.indrelid) ~ '(last_active_at|valid_until)'
+                   OR pg_catalog.pg_get_expr(i.indpred, i.indrelid) ~ '(last_active_at|valid_until)')),
+          0, 'no index covers what an activity write changes');
+SELECT is((SELECT reloptions FROM pg_catalog.pg_class WHERE oid = 'session_ext.user_sessions'::regclass),
+          ARRAY['fillfactor=90'], 'pages keep room for the new versions of their rows');
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_revoked_idx', ARRAY['revoked_at', 'id'], 'revocation index');
 
 SELECT has_index('session_ext', 'user_sessions', 'user_sessions_root_tokens_idx', ARRAY['root_token_hashes'], 'reuse detection index of the token families'' roots');

@@ -108,8 +108,8 @@ SELECT is((SELECT count(DISTINCT proname) FROM pg_catalog.pg_proc WHERE pronames
 -- The tables: users read their own rows, admins all; nobody but the owner writes directly.
 SELECT is(pg_temp.row_of('SELECT count(*)::text FROM session_ext.user_sessions'),
     ARRAY['42501', '1', '1', '2', '2', '2'], 'SELECT on user_sessions');
-SELECT is(pg_temp.row_of($$WITH w AS (INSERT INTO session_ext.user_sessions (id, user_id, session_id, expires_at, valid_until, token_key)
-                          VALUES (gen_random_uuid(), %3$s, 'forged', now() + '1 day', now() + '1 day', '\x00') RETURNING 1)
+SELECT is(pg_temp.row_of($$WITH w AS (INSERT INTO session_ext.user_sessions (id, user_id, session_id, expires_at, valid_until, cleanup_after, token_key)
+                          VALUES (gen_random_uuid(), %3$s, 'forged', now() + '1 day', now() + '1 day', now() + '1 day', '\x00') RETURNING 1)
                           SELECT count(*)::text FROM w$$),
     ARRAY['42501', '42501', '42501', '42501', '42501', '1'], 'INSERT into user_sessions');
 SELECT is(pg_temp.row_of($$WITH w AS (UPDATE session_ext.user_sessions SET expires_at = now() + '10 years' RETURNING 1)

@@ -90,7 +90,7 @@ test_major() {
     (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
 
     say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
-    local extension_dir released old still_valid families mismatch remembered keyed key previous_hash
+    local extension_dir released old still_valid cleaned families mismatch remembered keyed key previous_hash
     extension_dir="$("$PG_CONFIG" --sharedir)/extension"
     cluster_psql pgtap -c "CREATE DATABASE fresh_install"
     cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
@@ -119,7 +119,10 @@ test_major() {
                    (id, user_id, session_id, token_hash, $remembered, rotated_at, expires_at, valid_until $keyed)
                 SELECT r.id, gen_random_uuid(), r.id::text, sha256(convert_to(r.current, 'UTF8')),
                        $previous_hash, now() - interval '1 minute', now() + '1 day', now() + '1 day' $key
-                  FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r"
+                  FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r;
+            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed)
+                SELECT e.id, gen_random_uuid(), e.id::text, sha256(e.id::text::bytea), now() - '1 minute', now() - '1 minute' $key
+                  FROM (SELECT gen_random_uuid() AS id) e"
         # Until the update, the new library refuses the old objects, and says what to do.
         mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"
         grep -q "objects in this database are version $old, its library is $VERSION" <<<"$mismatch" ||
@@ -129,6 +132,11 @@ test_major() {
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
             DROP TABLE kept")"
         [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
+        # Rows from before 0.6.0 have no cleanup deadline of their own yet ('-infinity'): the first
+        # cleanup deletes the expired one and gives the live ones their valid_until.
+        cleaned="$(cluster_psql pgtap -d upgraded -At -c "SELECT session_ext.cleanup_expired_sessions()" \
+            -c "SELECT count(*) FILTER (WHERE cleanup_after = valid_until) || '/' || count(*) FROM session_ext.user_sessions")"
+        [ "$cleaned" = $'1\n6/6' ] || { echo "after the update from $old, cleanup answered: $cleaned" >&2; exit 1; }
         # The session rotated before the update joins a token family: its current token rotates,
         # a retry within the grace gets the same token, and the token it remembered from before
         # the update is still recognised as reused.
@@ -140,7 +148,7 @@ test_major() {
             -c "DROP TABLE rotated, next")"
         [ "$families" = $'t\nt\ntoken_reuse' ] || { echo "after the update from $old, families answered: $families" >&2; exit 1; }
         diff -u <(schema_of fresh_install) <(schema_of upgraded)
-        echo "$old -> $VERSION: 5/5 sessions validate, a rotated session joined its token family, schema equals a fresh install"
+        echo "$old -> $VERSION: 5/5 sessions validate, cleanup kept the 6 live ones, a rotated session joined its token family, schema equals a fresh install"
         as_root rm "$extension_dir/session_ext--$old.sql"
         cluster_psql pgtap -c "DROP DATABASE upgraded"
     done

@@ -50,7 +50,8 @@ CREATE TABLE session_ext.user_sessions (
 -- One user's sessions (list, count, per-user limits), oldest first.
 CREATE INDEX user_sessions_user_idx ON session_ext.user_sessions (user_id, created_at);
 -- Cleanup of expired rows, absolute or idle; id makes every entry unique, so that cleanup can
--- resume exactly where its previous batch ended.
+-- resume exactly where its previous batch ended. Replaced in 0.6.0 by an index on cleanup_after
+-- (sql/session_ext--0.5.0--0.6.0.sql, run by a fresh install too).
 CREATE INDEX user_sessions_valid_until_idx ON session_ext.user_sessions (valid_until, id);
 -- Reuse detection: a rotated-away token is looked up only when the current ones miss.
 CREATE UNIQUE INDEX user_sessions_previous_token_idx ON session_ext.user_sessions (previous_token_hash)

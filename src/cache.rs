@@ -24,9 +24,9 @@ pub struct Relations {
     pub token_index: pg_sys::Oid,
     /// The primary key, by which `current_session` finds the session a JWT names.
     pub id_index: pg_sys::Oid,
-    /// The (moment, id) indexes cleanup walks: sessions by valid_until and by revoked_at,
+    /// The (moment, id) indexes cleanup walks: sessions by cleanup_after and by revoked_at,
     /// audit rows by occurred_at.
-    pub valid_until_index: pg_sys::Oid,
+    pub cleanup_index: pg_sys::Oid,
     pub revoked_index: pg_sys::Oid,
     pub audit_occurred_index: pg_sys::Oid,
     /// The sequence of the audit log's identity column.
@@ -102,7 +102,7 @@ fn relations() -> Relations {
             audit_table,
             token_index,
             id_index,
-            valid_until_index: relid(c"user_sessions_valid_until_idx"),
+            cleanup_index: relid(c"user_sessions_cleanup_idx"),
             revoked_index: relid(c"user_sessions_revoked_idx"),
             audit_occurred_index: relid(c"session_audit_log_occurred_idx"),
             audit_id_sequence: internals::identity_sequence(audit_table, 1),
@@ -247,7 +247,7 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
                 r.audit_table,
                 r.token_index,
                 r.id_index,
-                r.valid_until_index,
+                r.cleanup_index,
                 r.revoked_index,
                 r.audit_occurred_index,
                 r.info_relation,

@@ -82,6 +82,13 @@ extension_sql_file!(
     ]
 );
 
+// 0.6.0's cleanup deadline: the new column, its index in place of valid_until's, the fillfactor.
+extension_sql_file!(
+    "../sql/session_ext--0.5.0--0.6.0.sql",
+    name = "hot_activity",
+    requires = ["jwt_sessions"]
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: flags PostgreSQL sets before it loads libraries.

@@ -24,7 +24,7 @@ pub struct Table {
 macro_rules! insert_session {
     () => {
         "INSERT INTO session_ext.user_sessions VALUES
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     };
 }
 
@@ -75,20 +75,7 @@ impl Table {
             }
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
-            let estate = pg_sys::CreateExecutorState();
-            // An error here aborts the (sub)transaction, and PostgreSQL's abort restores the
-            // current memory context, as after any error.
-            PgMemoryContexts::For((*estate).es_query_cxt).switch_to(|_| {
-                let mut rte = PgBox::<pg_sys::RangeTblEntry>::alloc_node(pg_sys::NodeTag::T_RangeTblEntry);
-                rte.rtekind = pg_sys::RTEKind::RTE_RELATION;
-                rte.relid = oid;
-                rte.relkind = pg_sys::RELKIND_RELATION as _;
-                rte.rellockmode = pg_sys::RowExclusiveLock as _;
-                internals::init_range_table(estate, rte.into_pg());
-                let info =
-                    PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
-                pg_sys::InitResultRelInfo(info, relation, 1, std::ptr::null_mut(), 0);
-                pg_sys::ExecOpenIndices(info, false);
+            as_result_relation(relation, |info, estate| {
                 let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
                 for (i, value) in row.iter().enumerate() {
                     let datum = value.datum();
@@ -98,11 +85,43 @@ impl Table {
                 pg_sys::ExecStoreVirtualTuple(slot);
                 pg_sys::ExecSimpleRelationInsert(info, estate, slot);
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
-                pg_sys::ExecCloseIndices(info);
             });
-            pg_sys::FreeExecutorState(estate);
             pg_sys::table_close(relation, pg_sys::NoLock as _);
         }
+    }
+}
+
+/// Runs `write` with `relation` as the one result relation of a fresh executor state, its
+/// indexes open, as logical replication's apply worker sets one up
+/// (`create_edata_for_relation`); every executor object lives in the state's memory, freed
+/// before returning.
+///
+/// # Safety
+/// `relation` is open and locked as the write needs (RowExclusiveLock); `write` may call
+/// PostgreSQL (errors unwind as PostgreSQL's).
+pub unsafe fn as_result_relation(
+    relation: pg_sys::Relation,
+    write: impl FnOnce(*mut pg_sys::ResultRelInfo, *mut pg_sys::EState),
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let estate = pg_sys::CreateExecutorState();
+        // An error here aborts the (sub)transaction, and PostgreSQL's abort restores the
+        // current memory context, as after any error.
+        PgMemoryContexts::For((*estate).es_query_cxt).switch_to(|_| {
+            let mut rte = PgBox::<pg_sys::RangeTblEntry>::alloc_node(pg_sys::NodeTag::T_RangeTblEntry);
+            rte.rtekind = pg_sys::RTEKind::RTE_RELATION;
+            rte.relid = (*(*relation).rd_rel).oid;
+            rte.relkind = pg_sys::RELKIND_RELATION as _;
+            rte.rellockmode = pg_sys::RowExclusiveLock as _;
+            internals::init_range_table(estate, rte.into_pg());
+            let info = PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
+            pg_sys::InitResultRelInfo(info, relation, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(info, false);
+            write(info, estate);
+            pg_sys::ExecCloseIndices(info);
+        });
+        pg_sys::FreeExecutorState(estate);
     }
 }
 
@@ -126,6 +145,25 @@ pub unsafe fn direct_write(relation: pg_sys::Relation, privilege: u32) -> bool {
                 == pg_sys::AclResult::ACLCHECK_OK
             && pg_sys::check_enable_rls(form.oid, pg_sys::InvalidOid, true)
                 != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Whether an UPDATE of `relation` may be made below the executor with `heap_update`: as
+/// [`direct_write`], and only where the executor would check nothing on the new row version
+/// (no CHECK constraint, no stored generated column, not a partition) and the table is a heap.
+///
+/// # Safety
+/// `relation` is open.
+pub unsafe fn direct_update(relation: pg_sys::Relation) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let constraints = (*(*relation).rd_att).constr;
+        let form = &*(*relation).rd_rel;
+        direct_write(relation, pg_sys::ACL_UPDATE)
+            && (constraints.is_null()
+                || ((*constraints).num_check == 0 && !(*constraints).has_generated_stored))
+            && !form.relispartition
+            && form.relam == pg_sys::HEAP_TABLE_AM_OID
     }
 }
 
@@ -259,7 +297,7 @@ mod tests {
     fn an_owner_without_delete_cleans_nothing() {
         let (id, _) = create(ALICE, "");
         Spi::run(&format!(
-            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}'"
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = '{id}'"
         ))
         .unwrap();
         owner_without("DELETE");

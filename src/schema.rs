@@ -16,7 +16,7 @@ const INT8: PgOid = PgOid::BuiltIn(BuiltinOid::INT8OID);
 const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(BuiltinOid::TIMESTAMPTZOID);
 
 /// The types of the columns of `session_ext.user_sessions`, in column order.
-pub static SESSION_TYPES: [PgOid; 23] = [
+pub static SESSION_TYPES: [PgOid; 24] = [
     UUID,
     UUID,
     TEXT,
@@ -39,6 +39,7 @@ pub static SESSION_TYPES: [PgOid; 23] = [
     BYTEA,
     INT8,
     TEXT,
+    TIMESTAMPTZ,
     TIMESTAMPTZ,
 ];
 
@@ -75,6 +76,7 @@ pub mod column {
     pub const TOKEN_GENERATION: usize = 21;
     pub const AAL: usize = 22;
     pub const AAL_EXPIRES_AT: usize = 23;
+    pub const CLEANUP_AFTER: usize = 24;
 }
 
 /// The columns of `session_ext.session_info`, in its order, as columns of the table. Its `aal`
@@ -129,6 +131,7 @@ mod tests {
             ("token_generation", column::TOKEN_GENERATION),
             ("aal", column::AAL),
             ("aal_expires_at", column::AAL_EXPIRES_AT),
+            ("cleanup_after", column::CLEANUP_AFTER),
         ];
         for (name, number) in named {
             let attnum = Spi::get_one::<i16>(&format!(

@@ -33,8 +33,8 @@ fn pooled_in_open_transaction() -> (Client, Client, String) {
     (admin, pooled, token)
 }
 
-/// Cleanup resumes after the last row it picked with a (valid_until, id) row comparison; rows it
-/// cannot delete stay behind that position. Expired sessions whose valid_until order is the
+/// Cleanup resumes after the last row it picked with a (cleanup_after, id) row comparison; rows it
+/// cannot delete stay behind that position. Expired sessions whose cleanup_after order is the
 /// reverse of their id order, all held by another transaction: one batch at a time must still
 /// finish (a row comparison made with boolean procedures, not btree's three-way comparison
 /// procedures, sent the scan back to rows it had passed, forever).

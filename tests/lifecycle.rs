@@ -224,6 +224,68 @@ fn a_rotation_waiting_for_a_concurrent_one_gets_the_same_new_token() {
     assert!(active, "a race is not a reuse: the session stays");
 }
 
+/// Two requests of one session whose activity is due: the second waits for the first's write,
+/// then finds the row changed under it and takes the session as the first left it, writing
+/// nothing of its own (read committed).
+#[test]
+fn a_validation_racing_another_activity_write_returns_the_session_and_writes_once() {
+    let (mut api, mut admin, db) = fresh(CLUSTER);
+    let (id, token) = session_of(&mut admin, ALICE);
+    admin
+        .execute(
+            "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 min' WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let mut first = begin_request(&mut api, OWNER.0, &claims(ALICE)).unwrap();
+    let presented = token.clone();
+    let mut first_write = None;
+    let second = concurrently(
+        &db,
+        move |tx| {
+            tx.query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&presented])
+                .map(|r| r.get::<_, Option<String>>(0))
+        },
+        || {
+            first_write = first
+                .query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&token])
+                .unwrap()
+                .get(0);
+            thread::sleep(Duration::from_millis(300));
+            first.commit().unwrap();
+        },
+    )
+    .unwrap();
+    let first_write = first_write.expect("the first validation returns the session");
+    assert_eq!(second.as_ref(), Some(&first_write), "the second request sees the first one's write");
+    let stored: String = admin
+        .query_one("SELECT last_active_at::text FROM session_ext.user_sessions WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, first_write, "one write: the second request's own now() was never written");
+}
+
+/// Repeatable read: a validation whose snapshot predates another transaction's activity write of
+/// the same session gets 40001, as an UPDATE of the row would.
+#[test]
+fn a_repeatable_read_validation_after_a_concurrent_activity_write_gets_40001() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (id, token) = session_of(&mut admin, ALICE);
+    admin
+        .execute(
+            "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 min' WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let mut late = shared_cluster(CLUSTER).connect("postgres", &db);
+    let mut tx =
+        late.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.execute("SELECT 1", &[]).unwrap();
+    admin.query_one("SELECT session_ext.validate_session($1)", &[&token]).unwrap();
+    let result = tx.query_one("SELECT session_ext.validate_session($1)", &[&token]).map(|_| ());
+    assert_eq!(sqlstate(result), "40001");
+}
+
 /// A token that was never issued, shaped like one.
 fn token_of_other(token: &str) -> String {
     token.chars().rev().collect()
@@ -426,7 +488,7 @@ fn cleanup_skips_rows_another_transaction_holds_and_takes_them_later() {
         let (id, _) = session_of(admin, ALICE);
         admin
             .execute(
-                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = $1",
+                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = $1",
                 &[&id],
             )
             .unwrap();

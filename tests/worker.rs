@@ -63,7 +63,7 @@ fn session(client: &mut Client, expired: bool) -> (Uuid, String) {
     if expired {
         client
             .execute(
-                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = $1",
+                "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = $1",
                 &[&id],
             )
             .unwrap();

@@ -1,6 +1,7 @@
 //! Checking sessions (SPEC §4 "Checking"): `is_session_active`, `get_session`,
 //! `touch_session` and the hot path, `validate_session`.
 
+use super::activity::{self, Written};
 use super::family::{self, Presented};
 use super::lookup::{self, Key, Live};
 use super::{active, args, on_own_session, on_session, reuse, session_info_row, Subject};
@@ -111,12 +112,13 @@ fn validate_session(
 
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
     let writable = writable();
+    let due = activity_due(writable);
     let mut hash = token::hash(token);
-    let live = match lookup::live(Key::Token(&hash)) {
+    let live = match lookup::live(Key::Token(&hash), due) {
         Some(live) => live,
         None => {
             hash = Spi::connect(|client| successor(client, token, &hash))?;
-            lookup::live(Key::Token(&hash))?
+            lookup::live(Key::Token(&hash), due)?
         }
     };
     if !scope.covers(live.user_id) {
@@ -136,29 +138,38 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
         }
         return None;
     }
-    record_activity(live, Key::Token(&hash), writable)
+    record_activity(live, Key::Token(&hash))
 }
 
-/// The session `live`, found by `key`, with its activity recorded when `touch_interval` is due
-/// and the transaction may write; None when it turns out to have ended meanwhile.
-pub(super) fn record_activity(live: Live, key: Key<'_>, writable: bool) -> Option<SessionInfo> {
+/// When the transaction may write, the moment before which a session's last activity is due to
+/// be written again (`session_ext.touch_interval` ago), for `lookup::live`.
+pub(super) fn activity_due(writable: bool) -> Option<pg_sys::TimestampTz> {
     let touch_after = i64::from(settings::TOUCH_INTERVAL.get()) * 1_000_000;
     // SAFETY: reads the transaction's start time, which is now().
-    let stale = live.last_active_at < unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } - touch_after;
-    if writable && stale {
-        let touched = Spi::connect(|client| {
-            TOUCH
-                .one(client, &[live.id.into(), settings::touch_interval().into()])
-                .and_then(|row| row.varlena(1))
-        });
-        // Matching nothing means another transaction wrote first: a validation that touched
-        // it (the session is live), or a revocation (it is not). A fresh look tells which.
-        return match touched {
-            Some(info) => Some(SessionInfo(info)),
-            None => lookup::live(key).map(|live| SessionInfo(live.info)),
-        };
+    writable.then(|| unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } - touch_after)
+}
+
+/// The session `live`, found by `key`, with its activity recorded when it was due
+/// ([`activity_due`]); None when it turns out to have ended meanwhile.
+pub(super) fn record_activity(live: Live, key: Key<'_>) -> Option<SessionInfo> {
+    let Some(due) = live.due else { return Some(SessionInfo(live.info)) };
+    match activity::write(due) {
+        Written::Done(live) => Some(SessionInfo(live.info)),
+        // Another transaction wrote first: a validation that recorded the activity (the session
+        // is live), or a revocation (it is not). A fresh look tells which.
+        Written::Raced => lookup::live(key, None).map(|live| SessionInfo(live.info)),
+        Written::ByExecutor => {
+            let touched = Spi::connect(|client| {
+                TOUCH
+                    .one(client, &[live.id.into(), settings::touch_interval().into()])
+                    .and_then(|row| row.varlena(1))
+            });
+            match touched {
+                Some(info) => Some(SessionInfo(info)),
+                None => lookup::live(key, None).map(|live| SessionInfo(live.info)),
+            }
+        }
     }
-    Some(SessionInfo(live.info))
 }
 
 /// Whether this transaction may write (not a read-only one, not on a standby).
@@ -227,6 +238,67 @@ mod tests {
         set(&id, "last_active_at = now() - interval '61s', valid_until = now() + interval '59 min'");
         assert!(validates(&token, "NULL"));
         assert_eq!(count(&format!("{last_active} now() AND valid_until = now() + interval '1h'")), 1);
+    }
+
+    /// An activity write changes no indexed column, so PostgreSQL makes it a HOT update: no new
+    /// entry in any index of the table.
+    #[pg_test]
+    fn an_activity_write_is_a_hot_update() {
+        let (id, token) = create(ALICE, ", idle_timeout => '1h'");
+        set(&id, "last_active_at = now() - interval '2 min'");
+        let updates = "SELECT pg_stat_get_xact_tuples_updated(t.oid) * 1000 + pg_stat_get_xact_tuples_hot_updated(t.oid)
+                         FROM pg_class t WHERE t.oid = 'session_ext.user_sessions'::regclass";
+        let before = count(updates);
+        assert!(validates(&token, "NULL"));
+        assert_eq!(count(updates) - before, 1001, "one update, and it was HOT");
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}' AND last_active_at = now()"
+            )),
+            1
+        );
+    }
+
+    /// With an index on what it changes, the write is not HOT: the new version gets its entries
+    /// in every index, so each lookup still finds the session.
+    #[pg_test]
+    fn an_activity_write_that_cannot_be_hot_indexes_the_new_version() {
+        let (id, token) = create(ALICE, ", idle_timeout => '1h'");
+        Spi::run("CREATE INDEX active_idx ON session_ext.user_sessions (last_active_at)").unwrap();
+        set(&id, "last_active_at = now() - interval '2 min'");
+        let hot = "SELECT pg_stat_get_xact_tuples_hot_updated('session_ext.user_sessions'::regclass)";
+        let before = count(hot);
+        assert!(validates(&token, "NULL"));
+        assert_eq!(count(hot), before, "not HOT");
+        assert!(validates(&token, "NULL"), "by the token index");
+        assert!(is_active(&id), "by the primary key");
+        Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+        let by_new_index = "SELECT count(*) FROM session_ext.user_sessions WHERE last_active_at = now()";
+        assert_eq!(count(by_new_index), 1, "by the index on the changed column");
+    }
+
+    /// A table someone gave a trigger gets its activity written by the executor, which fires it.
+    #[pg_test]
+    fn an_activity_write_to_a_table_with_a_trigger_fires_it() {
+        let (id, token) = create(ALICE, "");
+        Spi::run(
+            "CREATE TABLE public.touched (id uuid);
+             CREATE FUNCTION public.remember() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.touched VALUES (NEW.id); RETURN NEW; END $$;
+             CREATE TRIGGER remember AFTER UPDATE ON session_ext.user_sessions
+               FOR EACH ROW EXECUTE FUNCTION public.remember();",
+        )
+        .unwrap();
+        set(&id, "last_active_at = now() - interval '2 min'");
+        Spi::run("TRUNCATE public.touched").unwrap();
+        assert!(validates(&token, "NULL"));
+        assert_eq!(count(&format!("SELECT count(*) FROM public.touched WHERE id = '{id}'")), 1);
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}' AND last_active_at = now()"
+            )),
+            1
+        );
     }
 
     #[pg_test]

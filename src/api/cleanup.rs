@@ -16,26 +16,39 @@ use pgrx::IntoDatum;
 use serde_json::json;
 use std::mem::MaybeUninit;
 
-/// The executor's way, for a table that needs it (say, triggers of a foreign key that
-/// cascades): the rows of $1 that no other transaction holds.
-macro_rules! delete_by_executor {
-    ($table:literal) => {
+/// `$command` (a DELETE or UPDATE of `$table`) on the rows of $1 that no other transaction
+/// holds, each locked first as the command would lock it.
+macro_rules! unheld {
+    ($command:literal, $table:literal, $lock:literal) => {
         Statement::new(
             concat!(
-                "DELETE FROM ",
-                $table,
+                $command,
                 " WHERE ctid = ANY (ARRAY(",
                 "SELECT t.ctid FROM ",
                 $table,
-                " t WHERE t.ctid = ANY ($1) FOR UPDATE SKIP LOCKED))"
+                " t WHERE t.ctid = ANY ($1) FOR ",
+                $lock,
+                " SKIP LOCKED))"
             ),
             &[TID_ARRAY],
         )
     };
 }
 
-static DELETE_SESSIONS: Statement = delete_by_executor!("session_ext.user_sessions");
-static DELETE_AUDIT_ROWS: Statement = delete_by_executor!("session_ext.session_audit_log");
+/// The executor's way, for a table that needs it (say, triggers of a foreign key that
+/// cascades).
+static DELETE_SESSIONS: Statement =
+    unheld!("DELETE FROM session_ext.user_sessions", "session_ext.user_sessions", "UPDATE");
+static DELETE_AUDIT_ROWS: Statement =
+    unheld!("DELETE FROM session_ext.session_audit_log", "session_ext.session_audit_log", "UPDATE");
+/// Sessions whose cleanup_after has passed while they are still valid: cleanup looks at them
+/// again when they can expire, at their valid_until. The one write to this indexed column after
+/// creation, so that activity writes leave every index alone (sql/session_ext--0.5.0--0.6.0.sql).
+static RECHECK_AT_VALID_UNTIL: Statement = unheld!(
+    "UPDATE session_ext.user_sessions SET cleanup_after = valid_until",
+    "session_ext.user_sessions",
+    "NO KEY UPDATE"
+);
 
 /// Deletes the rows at `tids` that no other transaction holds (a row locked or changed since it
 /// was picked is left for a later run), and returns how many it deleted. Where the executor
@@ -109,6 +122,10 @@ struct Walk {
     table: pg_sys::Oid,
     index: pg_sys::Oid,
     moment_column: usize,
+    /// The column of the row's own moment, when the indexed one may come earlier (sessions'
+    /// cleanup_after, never later than valid_until): rows past the indexed moment but not past
+    /// their own are not deleted.
+    own_moment_column: Option<usize>,
     uuid_ids: bool,
     by_executor: &'static Statement,
 }
@@ -132,8 +149,9 @@ impl Pass {
         let build = |r: &Relations| match self {
             Pass::Expired => Walk {
                 table: r.table,
-                index: r.valid_until_index,
-                moment_column: column::VALID_UNTIL,
+                index: r.cleanup_index,
+                moment_column: column::CLEANUP_AFTER,
+                own_moment_column: Some(column::VALID_UNTIL),
                 uuid_ids: true,
                 by_executor: &DELETE_SESSIONS,
             },
@@ -141,6 +159,7 @@ impl Pass {
                 table: r.table,
                 index: r.revoked_index,
                 moment_column: column::REVOKED_AT,
+                own_moment_column: None,
                 uuid_ids: true,
                 by_executor: &DELETE_SESSIONS,
             },
@@ -148,6 +167,7 @@ impl Pass {
                 table: r.audit_table,
                 index: r.audit_occurred_index,
                 moment_column: AUDIT_OCCURRED_AT,
+                own_moment_column: None,
                 uuid_ids: false,
                 by_executor: &DELETE_AUDIT_ROWS,
             },
@@ -194,17 +214,21 @@ impl Pass {
         }
         .expect("a timestamp");
         let batch = batch as usize;
-        let mut tids = Vec::with_capacity(batch);
+        let mut picked = Picked { over: Vec::with_capacity(batch), not_yet: Vec::with_capacity(batch) };
         // The pick reads the table below the executor: only with the SELECT a query would need.
         crate::rows::require_select(walk.table);
         // SAFETY: inside a transaction; `pick` calls PostgreSQL only through `untrapped` and
-        // cannot panic (the vector has room for the whole batch).
-        let last =
-            unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| pick(&walk, cutoff, *cursor, batch, &mut tids)) };
+        // cannot panic (each vector has room for the whole batch).
+        let last = unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| pick(&walk, cutoff, *cursor, batch, &mut picked))
+        };
         if last.is_some() {
             *cursor = Cursor(last);
         }
-        let deleted = delete_unheld(client, walk.table, &tids, walk.by_executor);
+        let deleted = delete_unheld(client, walk.table, &picked.over, walk.by_executor);
+        if !picked.not_yet.is_empty() {
+            RECHECK_AT_VALID_UNTIL.count(client, &[picked.not_yet.clone().into()]);
+        }
         let sessions = match self.session_kind() {
             Some(kind) if deleted > 0 => {
                 events::record(client, Event::Cleanup, None, json!({ "deleted": deleted, "kind": kind }));
@@ -212,11 +236,18 @@ impl Pass {
             }
             _ => 0,
         };
-        Batch { picked: tids.len(), sessions }
+        Batch { picked: picked.over.len() + picked.not_yet.len(), sessions }
     }
 }
 
-/// Fills `tids` with up to `batch` rows of the walk's index whose moment is at most
+/// The rows one batch picked: those past their moment, and those whose indexed moment has
+/// passed but not their own (see [`Walk::own_moment_column`]).
+struct Picked {
+    over: Vec<pg_sys::ItemPointerData>,
+    not_yet: Vec<pg_sys::ItemPointerData>,
+}
+
+/// Fills `picked` with up to `batch` rows of the walk's index whose moment is at most
 /// `cutoff`, in index order from just after `from`, as a fresh snapshot of the transaction sees
 /// them: one index scan, with no plan and no executor. Returns the (moment, id) of the last row
 /// when the batch is full, where the next batch starts.
@@ -228,7 +259,7 @@ unsafe fn pick(
     cutoff: pg_sys::TimestampTz,
     mut from: Cursor,
     batch: usize,
-    tids: &mut Vec<pg_sys::ItemPointerData>,
+    picked: &mut Picked,
 ) -> Option<(pg_sys::TimestampTz, Id)> {
     use crate::internals::untrapped::*;
     use pg_sys::{BTGreaterStrategyNumber as GREATER, BTLessEqualStrategyNumber as AT_MOST};
@@ -285,15 +316,23 @@ unsafe fn pick(
         let scan = begin_index_scan(table, index, snapshot, nkeys);
         index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
         let slot = table_slot_create(table, std::ptr::null_mut());
-        while tids.len() < batch
-            && index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
-        {
-            tids.push((*slot).tts_tid);
+        let value = |column: usize| *(*slot).tts_values.add(column - 1);
+        let mut count = 0;
+        while count < batch && index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            count += 1;
+            let own_moment = walk.own_moment_column.map(|column| {
+                slot_getsomeattrs_int(slot, column as _);
+                value(column).value() as i64
+            });
+            if own_moment.is_some_and(|moment| moment > cutoff) {
+                picked.not_yet.push((*slot).tts_tid);
+            } else {
+                picked.over.push((*slot).tts_tid);
+            }
         }
         // A full batch leaves its last row in the slot.
-        let last = (tids.len() == batch).then(|| {
+        let last = (count == batch).then(|| {
             slot_getsomeattrs_int(slot, walk.moment_column as _);
-            let value = |column: usize| *(*slot).tts_values.add(column - 1);
             let id = value(1);
             let id = if walk.uuid_ids {
                 Id::Uuid(*(id.cast_mut_ptr::<[u8; 16]>()))
@@ -371,11 +410,11 @@ mod tests {
         Spi::run("SET session_ext.revoked_retention = '1h'").unwrap();
         let states = [
             ("live", ""),
-            ("absolute", "expires_at = now() - interval '1s', valid_until = now() - interval '1s'"),
-            ("idle", "last_active_at = now() - interval '2h', valid_until = now() - interval '1h'"),
+            ("absolute", "expires_at = now() - interval '1s', valid_until = now() - interval '1s', cleanup_after = now() - interval '1s'"),
+            ("idle", "last_active_at = now() - interval '2h', valid_until = now() - interval '1h', cleanup_after = now() - interval '1h'"),
             ("revoked_recently", "revoked_at = now() - interval '59 min', revoke_reason = 'logout'"),
             ("revoked_long_ago", "revoked_at = now() - interval '61 min', revoke_reason = 'logout'"),
-            ("ends_now", "expires_at = now(), valid_until = now()"),
+            ("ends_now", "expires_at = now(), valid_until = now(), cleanup_after = now()"),
         ];
         for (i, (name, assignments)) in states.iter().enumerate() {
             let (id, _) = create(if i % 2 == 0 { ALICE } else { BOB }, &format!(", session_id => '{name}'"));
@@ -396,11 +435,32 @@ mod tests {
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 0);
     }
 
+    /// An activity write leaves cleanup_after behind (it is indexed; valid_until is not):
+    /// cleanup then finds a session still in use, keeps it, and looks again at its valid_until.
+    #[pg_test]
+    fn a_session_in_use_past_its_cleanup_after_is_kept_and_rechecked_at_its_valid_until() {
+        let (id, _) = create(ALICE, ", idle_timeout => '1h'");
+        let (idle, _) = create(ALICE, ", idle_timeout => '1h'");
+        Spi::run(&format!(
+            "UPDATE session_ext.user_sessions SET cleanup_after = now() - interval '5 min' WHERE id = '{id}';
+             UPDATE session_ext.user_sessions SET last_active_at = now() - interval '2h',
+                    valid_until = now() - interval '1h', cleanup_after = now() - interval '1h' WHERE id = '{idle}';"
+        ))
+        .unwrap();
+        assert_eq!(count("SELECT session_ext.cleanup_expired_sessions(1)"), 1);
+        let kept = format!(
+            "SELECT count(*) FROM session_ext.user_sessions WHERE id = '{id}'
+                AND cleanup_after = valid_until AND valid_until = now() + interval '1h'"
+        );
+        assert_eq!(count(&kept), 1);
+        assert_eq!(count("SELECT count(*) FROM session_ext.user_sessions"), 1);
+    }
+
     #[pg_test(error = "cannot execute cleanup_expired_sessions() in a read-only transaction")]
     fn a_read_only_transaction_is_refused() {
         let (id, _) = create(ALICE, "");
         Spi::run(&format!(
-            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = '{id}';
              SET session_ext.audit = off;
              SET LOCAL transaction_read_only = on;"
         ))
@@ -419,7 +479,7 @@ mod tests {
         let (id, _) = create(ALICE, "");
         Spi::run(&format!(
             "UPDATE session_ext.session_audit_log SET occurred_at = now() - interval '2 days';
-             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';"
+             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = '{id}';"
         ))
         .unwrap();
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 1);
@@ -438,7 +498,7 @@ mod tests {
         // One statement gives all of them, and all their audit rows, the same moment.
         Spi::run(
             "SET session_ext.audit_retention = '1d';
-             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s';
+             UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s';
              UPDATE session_ext.session_audit_log SET occurred_at = now() - interval '2 days';",
         )
         .unwrap();
@@ -459,7 +519,7 @@ mod tests {
     fn a_table_that_publishes_deletes_without_a_replica_identity_is_refused() {
         let (id, _) = create(ALICE, "");
         Spi::run(&format!(
-            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{id}';
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = '{id}';
              CREATE PUBLICATION sessions FOR TABLE session_ext.user_sessions;
              ALTER TABLE session_ext.user_sessions REPLICA IDENTITY NOTHING;"
         ))
@@ -480,7 +540,7 @@ mod tests {
         let (expired, _) = create(ALICE, "");
         let (live, _) = create(ALICE, "");
         Spi::run(&format!(
-            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s' WHERE id = '{expired}'"
+            "UPDATE session_ext.user_sessions SET valid_until = now() - interval '1s', cleanup_after = now() - interval '1s' WHERE id = '{expired}'"
         ))
         .unwrap();
         assert_eq!(count("SELECT session_ext.cleanup_expired_sessions()"), 1);

@@ -240,6 +240,7 @@ impl NewRow<'_> {
             0_i64.into(),                                  // token_generation
             Level::Aal1.name().into(),                     // aal
             DatumWithOid::null::<TimestampWithTimeZone>(), // aal_expires_at
+            valid_until.into(),                            // cleanup_after
         ];
         let mut details = json!({ "session_id": session_id });
         if self.imported {

@@ -4,7 +4,7 @@
 //! expires; `require_session` in PostgREST's `db-pre-request` refuses it on its next request.
 
 use super::aal::Level;
-use super::check::{record_activity, writable};
+use super::check::{activity_due, record_activity, writable};
 use super::lookup::{self, Key};
 use crate::db::{Columns, Statement, UUID};
 use crate::definer;
@@ -25,8 +25,8 @@ fn current_session() -> Option<SessionInfo> {
 
 fn claimed_session(claimed: Claimed) -> Option<SessionInfo> {
     let (user, id) = (claimed.user?, claimed.session?);
-    let live = lookup::live(Key::Id(id)).filter(|live| live.user_id == user)?;
-    record_activity(live, Key::Id(id), writable())
+    let live = lookup::live(Key::Id(id), activity_due(writable())).filter(|live| live.user_id == user)?;
+    record_activity(live, Key::Id(id))
 }
 
 /// As `current_session`, for PostgREST's `db-pre-request` and for functions that need a live
@@ -48,13 +48,14 @@ fn require_session(min_aal: default!(Option<&str>, "NULL")) -> Option<SessionInf
             };
         };
         let user = identity::require_user()?;
-        let Some(live) = lookup::live(Key::Id(id)).filter(|live| live.user_id == user) else {
+        let due = activity_due(writable());
+        let Some(live) = lookup::live(Key::Id(id), due).filter(|live| live.user_id == user) else {
             return Err(not_active(id, user));
         };
         if let Some(min) = min.filter(|&min| live.aal() < min) {
             return Err(level_too_low(id, live.aal(), min));
         }
-        record_activity(live, Key::Id(id), writable()).map(Some).ok_or_else(|| not_active(id, user))
+        record_activity(live, Key::Id(id)).map(Some).ok_or_else(|| not_active(id, user))
     })
 }
 

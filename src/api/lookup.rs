@@ -22,8 +22,6 @@ pub struct Live {
     pub id: Uuid,
     pub user_id: Uuid,
     pub fingerprint_hash: Option<Vec<u8>>,
-    /// Microseconds since 2000-01-01, as PostgreSQL keeps timestamps.
-    pub last_active_at: i64,
     /// The `session_ext.session_info` of the session, ready to return.
     pub info: pg_sys::Datum,
     pub token_generation: i64,
@@ -31,6 +29,19 @@ pub struct Live {
     token_key: pg_sys::Datum,
     /// The text datum of the assurance level in force, in the caller's memory context.
     aal: pg_sys::Datum,
+    /// The row as found, when its activity is due to be written.
+    pub due: Option<Due>,
+}
+
+/// A row whose activity is due: where it is, a copy of it (in the caller's memory context), and
+/// what its new `valid_until` is computed from.
+#[derive(Clone, Copy)]
+pub struct Due {
+    pub tid: pg_sys::ItemPointerData,
+    pub row: pg_sys::HeapTuple,
+    /// Microseconds since 2000-01-01.
+    pub expires_at: i64,
+    pub idle_timeout: Option<pg_sys::Interval>,
 }
 
 impl Live {
@@ -51,7 +62,7 @@ impl Live {
 /// What the lookup copies out of the row while its buffer is pinned: plain values and datums
 /// allocated in the caller's memory context.
 #[derive(Clone, Copy)]
-struct Found {
+pub(super) struct Found {
     id: [u8; 16],
     user_id: [u8; 16],
     fingerprint_hash: Option<pg_sys::Datum>,
@@ -61,14 +72,16 @@ struct Found {
     token_key: pg_sys::Datum,
     /// The text datum of the level in force.
     aal: pg_sys::Datum,
+    due: Option<Due>,
 }
 
 /// The active session whose current token hashes to `hash`, or whose id is `id`, as `now()`
 /// and a fresh snapshot see it: not revoked, `valid_until` still ahead. The snapshot is taken
 /// after the transaction's earlier commands, as SPI takes one for each statement of a VOLATILE
 /// function: a session revoked earlier in the same statement (a CTE, a cursor, a loop) is seen
-/// revoked.
-pub fn live(key: Key<'_>) -> Option<Live> {
+/// revoked. When its `last_active_at` is before `due_before`, the result carries the row for
+/// `activity::write`.
+pub fn live(key: Key<'_>, due_before: Option<pg_sys::TimestampTz>) -> Option<Live> {
     let lock = pg_sys::AccessShareLock;
     // The row type too: it is formed from the row, and ALTER TYPE locks it to change it.
     let relations = crate::cache::locked(|r| {
@@ -97,19 +110,25 @@ pub fn live(key: Key<'_>) -> Option<Live> {
     // single-row lookups; every resource opened here is closed before returning, and the locks
     // are kept until the end of the transaction, as the executor keeps them. An error raised
     // inside jumps back to the trap and leaves only plain values on the abandoned frames.
-    let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, probe, lapsed)) }?;
-    // SAFETY: the datums were copied into the caller's memory context by `find`.
-    unsafe {
-        Some(Live {
-            id: Uuid::from_bytes(found.id),
-            user_id: Uuid::from_bytes(found.user_id),
-            fingerprint_hash: found.fingerprint_hash.and_then(|d| Vec::<u8>::from_datum(d, false)),
-            last_active_at: found.last_active_at,
-            info: found.info,
-            token_generation: found.token_generation,
-            token_key: found.token_key,
-            aal: found.aal,
-        })
+    let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, probe, lapsed, due_before)) }?;
+    Some(found.into_live())
+}
+
+impl Found {
+    pub(super) fn into_live(self) -> Live {
+        // SAFETY: `copy_out` copied the datums into the caller's memory context.
+        unsafe {
+            Live {
+                id: Uuid::from_bytes(self.id),
+                user_id: Uuid::from_bytes(self.user_id),
+                fingerprint_hash: self.fingerprint_hash.and_then(|d| Vec::<u8>::from_datum(d, false)),
+                info: self.info,
+                token_generation: self.token_generation,
+                token_key: self.token_key,
+                aal: self.aal,
+                due: self.due,
+            }
+        }
     }
 }
 
@@ -126,7 +145,12 @@ struct Probe {
 ///
 /// # Safety
 /// Runs inside a transaction and inside an error trap; `relations` are session_ext's.
-unsafe fn find(relations: crate::cache::Relations, probe: Probe, lapsed: pg_sys::Datum) -> Option<Found> {
+unsafe fn find(
+    relations: crate::cache::Relations,
+    probe: Probe,
+    lapsed: pg_sys::Datum,
+    due_before: Option<pg_sys::TimestampTz>,
+) -> Option<Found> {
     use crate::internals::untrapped::*;
     // SAFETY: the caller's contract.
     unsafe {
@@ -147,12 +171,17 @@ unsafe fn find(relations: crate::cache::Relations, probe: Probe, lapsed: pg_sys:
         index_rescan(scan, scan_key.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
         let slot = table_slot_create(table, std::ptr::null_mut());
         let found = if index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            let natts = (*(*slot).tts_tupleDescriptor).natts;
+            let desc = (*slot).tts_tupleDescriptor;
+            let natts = (*desc).natts;
             slot_getsomeattrs_int(slot, natts);
-            // Columns are never fewer (dropped ones still count); checked so nothing can panic.
-            (natts as usize >= column::AAL_EXPIRES_AT)
-                .then(|| copy_out(slot, relations.info_type, lapsed))
-                .flatten()
+            let values = std::slice::from_raw_parts((*slot).tts_values, natts as usize);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts as usize);
+            copy_out(values, nulls, relations.info_type, lapsed).map(|mut found| {
+                if due_before.is_some_and(|due| found.last_active_at < due) {
+                    found.due = Some(due_row(desc, (*slot).tts_tid, values, nulls));
+                }
+                found
+            })
         } else {
             None
         };
@@ -165,24 +194,27 @@ unsafe fn find(relations: crate::cache::Relations, probe: Probe, lapsed: pg_sys:
     }
 }
 
-/// The session in `slot` (all attributes deformed), if it is active, copied out of the slot.
+/// The row `values` and `nulls` (one entry per attribute), if it is an active session, copied
+/// out of them.
 ///
 /// # Safety
-/// As `find`; `slot` holds a row of `session_ext.user_sessions`; `info_type` is
+/// As `find`; the values are of a row of `session_ext.user_sessions`; `info_type` is
 /// `session_ext.session_info`, locked, with the fields of `SESSION_INFO` (checked by
 /// `cache::locked`); `lapsed` is the text datum `aal1`. Nothing here may panic: a panic cannot
 /// leave the trap.
-unsafe fn copy_out(
-    slot: *mut pg_sys::TupleTableSlot,
+pub(super) unsafe fn copy_out(
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
     info_type: pg_sys::Oid,
     lapsed: pg_sys::Datum,
 ) -> Option<Found> {
     use crate::internals::untrapped::*;
-    // SAFETY: the caller's contract; values and nulls have one entry per attribute.
+    // Columns are never fewer (dropped ones still count); checked so that nothing can panic.
+    if values.len() < column::AAL_EXPIRES_AT || nulls.len() != values.len() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
     unsafe {
-        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
-        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
-        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
         let get = |column: usize| (!nulls[column - 1]).then(|| values[column - 1]);
 
         let now = GetCurrentTransactionStartTimestamp();
@@ -218,6 +250,31 @@ unsafe fn copy_out(
             token_generation: get(column::TOKEN_GENERATION).map_or(0, |d| d.value() as i64),
             token_key: pg_sys::Datum::from(pg_detoast_datum_copy(get(column::TOKEN_KEY)?.cast_mut_ptr())),
             aal: level,
+            due: None,
         })
+    }
+}
+
+/// The row (of descriptor `desc`, at `tid`) as `activity::write` needs it.
+///
+/// # Safety
+/// As `copy_out`, the values those of an active session's row.
+unsafe fn due_row(
+    desc: pg_sys::TupleDesc,
+    tid: pg_sys::ItemPointerData,
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
+) -> Due {
+    use crate::internals::untrapped::*;
+    // SAFETY: the caller's contract; the copy references nothing in the buffer.
+    unsafe {
+        let get = |column: usize| (!nulls[column - 1]).then(|| values[column - 1]);
+        Due {
+            tid,
+            row: heap_form_tuple(desc, values.as_ptr().cast_mut(), nulls.as_ptr().cast_mut()),
+            expires_at: get(column::EXPIRES_AT).map_or(0, |d| d.value() as i64),
+            // An interval datum points at its 16 bytes.
+            idle_timeout: get(column::IDLE_TIMEOUT).map(|d| *d.cast_mut_ptr::<pg_sys::Interval>()),
+        }
     }
 }

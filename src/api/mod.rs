@@ -2,6 +2,7 @@
 //! arguments, then its caller's rights (SPEC §3), then reads or writes as the extension's owner.
 
 mod aal;
+mod activity;
 mod args;
 mod check;
 pub(crate) mod cleanup;

@@ -44,7 +44,7 @@ fn rotate_session_token(session_token: Option<&str>) -> Option<NewSession> {
         let presented = args::session_token(session_token, "session_token")?;
         let hash = token::hash(presented);
         let scope = identity::scope()?;
-        let live = lookup::live(lookup::Key::Token(&hash));
+        let live = lookup::live(lookup::Key::Token(&hash), None);
         Spi::connect(|client| {
             if let Some(live) = live {
                 scope.authorize(live.user_id)?;

@@ -34,6 +34,48 @@ pub unsafe fn init_range_table(estate: *mut pg_sys::EState, rte: *mut pg_sys::Ra
     }
 }
 
+/// Inserts the index entries of a row's new version (in `slot`, with its tid) after an update, as
+/// the executor's `ExecUpdateEpilogue` does; `only_summarizing` for a HOT update that changed a
+/// column of a summarizing index (a parameter from 16 on; 15 has no such update).
+///
+/// # Safety
+/// `info` is the row's result relation in `estate`, its indexes open.
+pub unsafe fn insert_index_entries(
+    info: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+    only_summarizing: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        #[cfg(feature = "pg15")]
+        let rechecks = {
+            debug_assert!(!only_summarizing, "15 makes no summarizing-only updates");
+            pg_sys::ExecInsertIndexTuples(
+                info,
+                slot,
+                estate,
+                true,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        #[cfg(not(feature = "pg15"))]
+        let rechecks = pg_sys::ExecInsertIndexTuples(
+            info,
+            slot,
+            estate,
+            true,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            only_summarizing,
+        );
+        pg_sys::list_free(rechecks);
+    }
+}
+
 /// The sequence of identity column `column` of table `table` (17 takes the open relation).
 ///
 /// # Safety

@@ -100,6 +100,48 @@ untrapped! {
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     fn heap_form_tuple(tupdesc: TupleDesc, values: *const Datum, isnull: *const bool) -> HeapTuple;
     fn HeapTupleHeaderGetDatum(tuple: HeapTupleHeader) -> Datum;
+    fn heap_deform_tuple(tuple: HeapTuple, tupdesc: TupleDesc, values: *mut Datum, isnull: *mut bool);
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    fn heap_modify_tuple_by_cols(
+        tuple: HeapTuple,
+        tupdesc: TupleDesc,
+        ncols: c_int,
+        columns: *mut c_int,
+        values: *mut Datum,
+        isnull: *mut bool,
+    ) -> HeapTuple;
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    fn heap_modify_tuple_by_cols(
+        tuple: HeapTuple,
+        tupdesc: TupleDesc,
+        ncols: c_int,
+        columns: *const c_int,
+        values: *const Datum,
+        isnull: *const bool,
+    ) -> HeapTuple;
+    #[cfg(feature = "pg15")]
+    fn heap_update(
+        relation: Relation,
+        otid: ItemPointer,
+        newtup: HeapTuple,
+        cid: CommandId,
+        crosscheck: Snapshot,
+        wait: bool,
+        tmfd: *mut TM_FailureData,
+        lockmode: *mut LockTupleMode::Type,
+    ) -> TM_Result::Type;
+    #[cfg(not(feature = "pg15"))]
+    fn heap_update(
+        relation: Relation,
+        otid: ItemPointer,
+        newtup: HeapTuple,
+        cid: CommandId,
+        crosscheck: Snapshot,
+        wait: bool,
+        tmfd: *mut TM_FailureData,
+        lockmode: *mut LockTupleMode::Type,
+        update_indexes: *mut TU_UpdateIndexes::Type,
+    ) -> TM_Result::Type;
     fn pg_detoast_datum_copy(datum: *mut varlena) -> *mut varlena;
 }
 
@@ -121,5 +163,68 @@ pub unsafe fn begin_index_scan(
         #[cfg(feature = "pg18")]
         let scan = index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0);
         scan
+    }
+}
+
+/// Which index entries a row's new version needs after `update_row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewEntries {
+    /// A HOT update: none.
+    None,
+    /// A HOT update that changed a column of a summarizing index (BRIN, from 16 on): those only.
+    Summarizing,
+    /// Every index's.
+    All,
+}
+
+/// `heap_update` of the row at `otid` to `newtup`, waiting for a transaction that holds the row,
+/// and which index entries the new version needs, as `heapam_tuple_update` decides them (15 reads
+/// it from the new tuple's HOT flag; 16 added the summarizing case and returns it).
+///
+/// # Safety
+/// As `heap_update`: inside a transaction and an error trap, `relation` open and locked for
+/// writing, `newtup` a tuple of its descriptor.
+pub unsafe fn update_row(
+    relation: Relation,
+    otid: ItemPointer,
+    newtup: HeapTuple,
+    tmfd: *mut TM_FailureData,
+) -> (TM_Result::Type, NewEntries) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let command = GetCurrentCommandId(true);
+        let mut lockmode = LockTupleMode::LockTupleExclusive;
+        #[cfg(feature = "pg15")]
+        let result = {
+            let result =
+                heap_update(relation, otid, newtup, command, std::ptr::null_mut(), true, tmfd, &mut lockmode);
+            let heap_only = (*(*newtup).t_data).t_infomask2 as u32 & HEAP_ONLY_TUPLE != 0;
+            (
+                result,
+                if result == TM_Result::TM_Ok && !heap_only { NewEntries::All } else { NewEntries::None },
+            )
+        };
+        #[cfg(not(feature = "pg15"))]
+        let result = {
+            let mut update_indexes = TU_UpdateIndexes::TU_None;
+            let result = heap_update(
+                relation,
+                otid,
+                newtup,
+                command,
+                std::ptr::null_mut(),
+                true,
+                tmfd,
+                &mut lockmode,
+                &mut update_indexes,
+            );
+            let entries = match update_indexes {
+                TU_UpdateIndexes::TU_All => NewEntries::All,
+                TU_UpdateIndexes::TU_Summarizing => NewEntries::Summarizing,
+                _ => NewEntries::None,
+            };
+            (result, entries)
+        };
+        result
     }
 }

@@ -1,0 +1,30 @@
+-- session_ext 0.5.0 -> 0.6.0: activity writes that change no indexed column, so that PostgreSQL
+-- makes them HOT updates (no new index entries, no dead ones for vacuum, a fraction of the WAL).
+-- Until 0.5.0 cleanup found expired rows by an index on valid_until, which every activity write
+-- moves. Now it walks an index on cleanup_after, a moment never later than valid_until that only
+-- creation and cleanup write: cleanup reads the exact valid_until of each row the index gives it,
+-- deletes the expired ones and moves cleanup_after of the others up to their valid_until (once per
+-- idle timeout of a session in use, where activity is written once per touch_interval).
+-- A fresh 0.6.0 install runs this file too (src/lib.rs), after 0.4.0--0.5.0: both paths get the
+-- same table.
+\echo Use "ALTER EXTENSION session_ext UPDATE TO '0.6.0'" to load this file. \quit
+
+-- No rewrite: the constant default is kept in the catalog for the existing rows. '-infinity' is
+-- never later than any valid_until, so the first cleanup looks at every existing row once and
+-- gives the live ones their valid_until; new rows get theirs from the functions that insert them.
+ALTER TABLE session_ext.user_sessions ADD COLUMN cleanup_after timestamptz NOT NULL DEFAULT '-infinity';
+ALTER TABLE session_ext.user_sessions ALTER COLUMN cleanup_after DROP DEFAULT;
+DROP INDEX session_ext.user_sessions_valid_until_idx;
+-- id makes every entry unique, so that cleanup can resume exactly where its previous batch ended.
+CREATE INDEX user_sessions_cleanup_idx ON session_ext.user_sessions (cleanup_after, id);
+-- Room on each page for the new versions of its rows: a HOT update must stay on its row's page.
+-- Applies to pages filled from now on (rows moved by a non-HOT update, new sessions).
+ALTER TABLE session_ext.user_sessions SET (fillfactor = 90);
+
+GRANT SELECT (cleanup_after) ON session_ext.user_sessions TO session_ext_user;
+GRANT SELECT (cleanup_after) ON session_ext.user_sessions TO session_ext_admin;
+
+COMMENT ON COLUMN session_ext.user_sessions.valid_until IS
+    'least(expires_at, last_active_at + idle_timeout): the session is valid while now() < valid_until. Not indexed, so that an activity write is a HOT update.';
+COMMENT ON COLUMN session_ext.user_sessions.cleanup_after IS
+    'When cleanup next looks at the row: never later than valid_until; cleanup deletes the row if it has expired, and otherwise moves this up to valid_until.';
