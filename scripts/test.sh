@@ -121,7 +121,7 @@ test_major() {
                        $previous_hash, now() - interval '1 minute', now() + '1 day', now() + '1 day' $key
                   FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r;
             INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed)
-                SELECT e.id, gen_random_uuid(), e.id::text, sha256(e.id::text::bytea), now() - '1 minute', now() - '1 minute' $key
+                SELECT e.id, gen_random_uuid(), e.id::text, sha256(e.id::text::bytea), now() - interval '1 minute', now() - interval '1 minute' $key
                   FROM (SELECT gen_random_uuid() AS id) e"
         # Until the update, the new library refuses the old objects, and says what to do.
         mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"
@@ -132,8 +132,8 @@ test_major() {
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
             DROP TABLE kept")"
         [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
-        # Rows from before 0.6.0 have no cleanup deadline of their own yet ('-infinity'): the first
-        # cleanup deletes the expired one and gives the live ones their valid_until.
+        # The update gave every row its cleanup deadline (0.6.0's cleanup_after, at its valid_until):
+        # cleanup deletes the expired one and keeps the six live ones.
         cleaned="$(cluster_psql pgtap -d upgraded -At -c "SELECT session_ext.cleanup_expired_sessions()" \
             -c "SELECT count(*) FILTER (WHERE cleanup_after = valid_until) || '/' || count(*) FROM session_ext.user_sessions")"
         [ "$cleaned" = $'1\n6/6' ] || { echo "after the update from $old, cleanup answered: $cleaned" >&2; exit 1; }

@@ -9,17 +9,18 @@
 -- same table.
 \echo Use "ALTER EXTENSION session_ext UPDATE TO '0.6.0'" to load this file. \quit
 
--- No rewrite: the constant default is kept in the catalog for the existing rows. '-infinity' is
--- never later than any valid_until, so the first cleanup looks at every existing row once and
--- gives the live ones their valid_until; new rows get theirs from the functions that insert them.
-ALTER TABLE session_ext.user_sessions ADD COLUMN cleanup_after timestamptz NOT NULL DEFAULT '-infinity';
-ALTER TABLE session_ext.user_sessions ALTER COLUMN cleanup_after DROP DEFAULT;
 DROP INDEX session_ext.user_sessions_valid_until_idx;
+-- Room on each page for the new versions of its rows: a HOT update must stay on its row's page.
+ALTER TABLE session_ext.user_sessions SET (fillfactor = 90);
+ALTER TABLE session_ext.user_sessions ADD COLUMN cleanup_after timestamptz NOT NULL DEFAULT '-infinity';
+-- One rewrite of the table: every row's cleanup_after is its valid_until, every page is filled to
+-- the new fillfactor, and the indexes are rebuilt. New rows get cleanup_after from the functions
+-- that insert them.
+ALTER TABLE session_ext.user_sessions
+    ALTER COLUMN cleanup_after TYPE timestamptz USING valid_until,
+    ALTER COLUMN cleanup_after DROP DEFAULT;
 -- id makes every entry unique, so that cleanup can resume exactly where its previous batch ended.
 CREATE INDEX user_sessions_cleanup_idx ON session_ext.user_sessions (cleanup_after, id);
--- Room on each page for the new versions of its rows: a HOT update must stay on its row's page.
--- Applies to pages filled from now on (rows moved by a non-HOT update, new sessions).
-ALTER TABLE session_ext.user_sessions SET (fillfactor = 90);
 
 GRANT SELECT (cleanup_after) ON session_ext.user_sessions TO session_ext_user;
 GRANT SELECT (cleanup_after) ON session_ext.user_sessions TO session_ext_admin;

@@ -189,29 +189,37 @@ fn concurrent_updates_with_the_same_version_one_wins_one_gets_40001() {
     assert_eq!((row.get::<_, String>(0), row.get::<_, i64>(1)), ("ios".to_string(), 2));
 }
 
-#[test]
-fn a_rotation_waiting_for_a_concurrent_one_gets_the_same_new_token() {
-    let (mut api, mut admin, db) = fresh(CLUSTER);
-    let (id, token) = session_of(&mut admin, ALICE);
-    let mut first = begin_request(&mut api, OWNER.0, &claims(ALICE)).unwrap();
-    let presented = token.clone();
-    let mut first_token = None;
+/// `sql` (one text column, `$1` the token) in two of the owner's requests at once: the second
+/// began before the first called it, and calls it while the first, having called it, holds its
+/// transaction open for 300 ms. Returns what each got.
+fn twice_at_once(
+    api: &mut Client,
+    db: &str,
+    sql: &'static str,
+    token: &str,
+) -> (Option<String>, Option<String>) {
+    let mut first = begin_request(api, OWNER.0, &claims(ALICE)).unwrap();
+    let presented = token.to_string();
+    let mut first_got = None;
     let second = concurrently(
-        &db,
-        move |tx| {
-            tx.query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&presented])
-                .map(|r| r.get::<_, Option<String>>(0))
-        },
+        db,
+        move |tx| tx.query_one(sql, &[&presented]).map(|r| r.get::<_, Option<String>>(0)),
         || {
-            first_token = first
-                .query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&token])
-                .unwrap()
-                .get(0);
+            first_got = first.query_one(sql, &[&token]).unwrap().get(0);
             thread::sleep(Duration::from_millis(300));
             first.commit().unwrap();
         },
     )
     .unwrap();
+    (first_got, second)
+}
+
+#[test]
+fn a_rotation_waiting_for_a_concurrent_one_gets_the_same_new_token() {
+    let (mut api, mut admin, db) = fresh(CLUSTER);
+    let (id, token) = session_of(&mut admin, ALICE);
+    let (first_token, second) =
+        twice_at_once(&mut api, &db, "SELECT (session_ext.rotate_session_token($1)).token", &token);
     let first_token: String = first_token.expect("the first rotation returns a token");
 
     let valid = |admin: &mut Client, token: &str| -> bool {
@@ -237,25 +245,12 @@ fn a_validation_racing_another_activity_write_returns_the_session_and_writes_onc
             &[&id],
         )
         .unwrap();
-    let mut first = begin_request(&mut api, OWNER.0, &claims(ALICE)).unwrap();
-    let presented = token.clone();
-    let mut first_write = None;
-    let second = concurrently(
+    let (first_write, second) = twice_at_once(
+        &mut api,
         &db,
-        move |tx| {
-            tx.query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&presented])
-                .map(|r| r.get::<_, Option<String>>(0))
-        },
-        || {
-            first_write = first
-                .query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&token])
-                .unwrap()
-                .get(0);
-            thread::sleep(Duration::from_millis(300));
-            first.commit().unwrap();
-        },
-    )
-    .unwrap();
+        "SELECT (session_ext.validate_session($1)).last_active_at::text",
+        &token,
+    );
     let first_write = first_write.expect("the first validation returns the session");
     assert_eq!(second.as_ref(), Some(&first_write), "the second request sees the first one's write");
     let stored: String = admin

@@ -277,6 +277,22 @@ mod tests {
         assert_eq!(count(by_new_index), 1, "by the index on the changed column");
     }
 
+    /// As the executor refuses an UPDATE of a table that publishes updates without a replica
+    /// identity (subscribers could not apply it), the activity write refuses it.
+    #[pg_test(
+        error = "cannot update table \"user_sessions\" because it does not have a replica identity and publishes updates"
+    )]
+    fn an_activity_write_to_a_table_published_without_a_replica_identity_is_refused() {
+        let (id, token) = create(ALICE, "");
+        set(&id, "last_active_at = now() - interval '2 min'");
+        Spi::run(
+            "CREATE PUBLICATION sessions FOR TABLE session_ext.user_sessions;
+             ALTER TABLE session_ext.user_sessions REPLICA IDENTITY NOTHING;",
+        )
+        .unwrap();
+        validates(&token, "NULL");
+    }
+
     /// A table someone gave a trigger gets its activity written by the executor, which fires it.
     #[pg_test]
     fn an_activity_write_to_a_table_with_a_trigger_fires_it() {
