@@ -260,6 +260,49 @@ fn a_validation_racing_another_activity_write_returns_the_session_and_writes_onc
     assert_eq!(stored, first_write, "one write: the second request's own now() was never written");
 }
 
+/// A validation whose activity write finds the row changed by another kind of write (here the
+/// owner's, as cleanup moves `cleanup_after`) looks again and still writes its activity.
+#[test]
+fn a_validation_racing_another_write_still_records_its_activity() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (id, token) = session_of(&mut admin, ALICE);
+    admin
+        .execute(
+            "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 min' WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let presented = token.clone();
+    let second = concurrently(
+        &db,
+        move |tx| {
+            tx.query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&presented])
+                .map(|r| r.get::<_, Option<String>>(0))
+        },
+        || {
+            let mut other = admin.transaction().unwrap();
+            other
+                .execute(
+                    "UPDATE session_ext.user_sessions SET cleanup_after = cleanup_after - interval '1 min' WHERE id = $1",
+                    &[&id],
+                )
+                .unwrap();
+            thread::sleep(Duration::from_millis(300));
+            other.commit().unwrap();
+        },
+    )
+    .unwrap();
+    let written = second.expect("the validation returns the session");
+    let stored: (String, bool) = admin
+        .query_one(
+            "SELECT last_active_at::text, last_active_at > now() - interval '1 min' FROM session_ext.user_sessions WHERE id = $1",
+            &[&id],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(stored, (written, true), "the activity was written after the other write");
+}
+
 /// Repeatable read: a validation whose snapshot predates another transaction's activity write of
 /// the same session gets 40001, as an UPDATE of the row would.
 #[test]

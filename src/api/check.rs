@@ -54,11 +54,14 @@ fn get_session(session_id: Option<Uuid>) -> Option<SessionInfo> {
     })
 }
 
+// Unlike the activity write, this one may move valid_until back (a transaction older than the
+// last write); cleanup_after then follows it, never later than valid_until.
 static TOUCH_NOW: Statement = Statement::new(
     concat!(
         "UPDATE session_ext.user_sessions s
             SET last_active_at = pg_catalog.now(),
-                valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout)
+                valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout),
+                cleanup_after = LEAST(s.cleanup_after, s.expires_at, pg_catalog.now() + s.idle_timeout)
           WHERE s.id = $1 AND ",
         active!(),
         " RETURNING s.last_active_at"
@@ -149,26 +152,38 @@ pub(super) fn activity_due(writable: bool) -> Option<pg_sys::TimestampTz> {
     writable.then(|| unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } - touch_after)
 }
 
+/// How often a write that lost its row to another transaction looks again before it gives up
+/// the write (and returns the session as the last look found it).
+const WRITE_ATTEMPTS: usize = 3;
+
 /// The session `live`, found by `key`, with its activity recorded when it was due
 /// ([`activity_due`]); None when it turns out to have ended meanwhile.
-pub(super) fn record_activity(live: Live, key: Key<'_>) -> Option<SessionInfo> {
-    let Some(due) = live.due else { return Some(SessionInfo(live.info)) };
-    match activity::write(due) {
-        Written::Done(live) => Some(SessionInfo(live.info)),
-        // Another transaction wrote first: a validation that recorded the activity (the session
-        // is live), or a revocation (it is not). A fresh look tells which.
-        Written::Raced => lookup::live(key, None).map(|live| SessionInfo(live.info)),
-        Written::ByExecutor => {
-            let touched = Spi::connect(|client| {
-                TOUCH
-                    .one(client, &[live.id.into(), settings::touch_interval().into()])
-                    .and_then(|row| row.varlena(1))
-            });
-            match touched {
-                Some(info) => Some(SessionInfo(info)),
-                None => lookup::live(key, None).map(|live| SessionInfo(live.info)),
-            }
+pub(super) fn record_activity(mut live: Live, key: Key<'_>) -> Option<SessionInfo> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(due) = live.due else { return Some(SessionInfo(live.info)) };
+        match activity::write(due) {
+            Written::Done(written) => return Some(SessionInfo(written.info)),
+            // Another transaction changed the row first, as an UPDATE would find it: a
+            // validation that recorded the activity (nothing is due now), a revocation (the
+            // session is gone), or another write (cleanup moving cleanup_after, a data update:
+            // the activity is still due). A fresh look tells which.
+            Written::Raced => live = lookup::live(key, activity_due(true))?,
+            Written::ByExecutor => return by_executor(live, key),
         }
+    }
+    Some(SessionInfo(live.info))
+}
+
+/// The activity write through SPI, for a table that needs the executor.
+fn by_executor(live: Live, key: Key<'_>) -> Option<SessionInfo> {
+    let touched = Spi::connect(|client| {
+        TOUCH.one(client, &[live.id.into(), settings::touch_interval().into()]).and_then(|row| row.varlena(1))
+    });
+    // Matching nothing means another transaction wrote first (the executor's recheck found the
+    // activity recorded, or the session ended). A fresh look tells which.
+    match touched {
+        Some(info) => Some(SessionInfo(info)),
+        None => lookup::live(key, None).map(|live| SessionInfo(live.info)),
     }
 }
 
@@ -263,8 +278,9 @@ mod tests {
     /// in every index, so each lookup still finds the session.
     #[pg_test]
     fn an_activity_write_that_cannot_be_hot_indexes_the_new_version() {
-        let (id, token) = create(ALICE, ", idle_timeout => '1h'");
+        // Tests run at once: the change of definition comes before any write that could wait.
         Spi::run("CREATE INDEX active_idx ON session_ext.user_sessions (last_active_at)").unwrap();
+        let (id, token) = create(ALICE, ", idle_timeout => '1h'");
         set(&id, "last_active_at = now() - interval '2 min'");
         let hot = "SELECT pg_stat_get_xact_tuples_hot_updated('session_ext.user_sessions'::regclass)";
         let before = count(hot);
@@ -283,10 +299,12 @@ mod tests {
         error = "cannot update table \"user_sessions\" because it does not have a replica identity and publishes updates"
     )]
     fn an_activity_write_to_a_table_published_without_a_replica_identity_is_refused() {
+        // Tests run at once; one that changes the table's definition takes its lock first.
+        Spi::run("LOCK TABLE session_ext.user_sessions IN ACCESS EXCLUSIVE MODE").unwrap();
         let (id, token) = create(ALICE, "");
         set(&id, "last_active_at = now() - interval '2 min'");
         Spi::run(
-            "CREATE PUBLICATION sessions FOR TABLE session_ext.user_sessions;
+            "CREATE PUBLICATION touched_sessions FOR TABLE session_ext.user_sessions;
              ALTER TABLE session_ext.user_sessions REPLICA IDENTITY NOTHING;",
         )
         .unwrap();
@@ -296,15 +314,16 @@ mod tests {
     /// A table someone gave a trigger gets its activity written by the executor, which fires it.
     #[pg_test]
     fn an_activity_write_to_a_table_with_a_trigger_fires_it() {
-        let (id, token) = create(ALICE, "");
+        // Tests run at once: the change of definition comes before any write that could wait.
         Spi::run(
             "CREATE TABLE public.touched (id uuid);
-             CREATE FUNCTION public.remember() RETURNS trigger LANGUAGE plpgsql AS
+             CREATE FUNCTION public.remember_touch() RETURNS trigger LANGUAGE plpgsql AS
                $$ BEGIN INSERT INTO public.touched VALUES (NEW.id); RETURN NEW; END $$;
-             CREATE TRIGGER remember AFTER UPDATE ON session_ext.user_sessions
-               FOR EACH ROW EXECUTE FUNCTION public.remember();",
+             CREATE TRIGGER remember_touch AFTER UPDATE ON session_ext.user_sessions
+               FOR EACH ROW EXECUTE FUNCTION public.remember_touch();",
         )
         .unwrap();
+        let (id, token) = create(ALICE, "");
         set(&id, "last_active_at = now() - interval '2 min'");
         Spi::run("TRUNCATE public.touched").unwrap();
         assert!(validates(&token, "NULL"));

@@ -15,7 +15,9 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 // Rotating counts as activity. rotated_at is the wall-clock moment, not the transaction's
-// start: the grace window starts when the new token exists. A session's first rotation
+// start: the grace window starts when the new token exists. A transaction older than the last
+// activity write moves valid_until back, so cleanup_after follows it down (never later than
+// valid_until; a rotation is never a HOT update anyway). A session's first rotation
 // remembers its first token, the family's root, by hash.
 static ROTATE: Statement = Statement::new(
     concat!(
@@ -25,7 +27,8 @@ static ROTATE: Statement = Statement::new(
                     THEN pg_catalog.array_append(s.root_token_hashes, s.token_hash)
                     ELSE s.root_token_hashes END,
                 rotated_at = pg_catalog.clock_timestamp(), last_active_at = pg_catalog.now(),
-                valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout)
+                valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout),
+                cleanup_after = LEAST(s.cleanup_after, s.expires_at, pg_catalog.now() + s.idle_timeout)
           WHERE s.id = $1 AND s.token_hash = $2 AND ",
         active!(),
         " RETURNING s.id, s.user_id, s.ip_address, s.session_id, s.expires_at"
