@@ -1,8 +1,8 @@
 -- session_ext 0.5.0 -> 0.6.0: activity writes that change no indexed column, so that PostgreSQL
 -- makes them HOT updates (no new index entries, no dead ones for vacuum, a fraction of the WAL).
 -- Until 0.5.0 cleanup found expired rows by an index on valid_until, which every activity write
--- moves. Now it walks an index on cleanup_after, a moment never later than valid_until that only
--- creation and cleanup write: cleanup reads the exact valid_until of each row the index gives it,
+-- moves. Now it walks an index on cleanup_after, a moment never later than valid_until that
+-- activity writes leave alone: cleanup reads the exact valid_until of each row the index gives it,
 -- deletes the expired ones and moves cleanup_after of the others up to their valid_until (once per
 -- idle timeout of a session in use, where activity is written once per touch_interval).
 -- A fresh 0.6.0 install runs this file too (src/lib.rs), after 0.4.0--0.5.0: both paths get the
