@@ -4,7 +4,7 @@
 -- Each cell runs in a subtransaction that is rolled back, so no cell sees another's effects;
 -- a cell is the call's result as text, or the SQLSTATE it raised.
 \ir fixtures/begin.sql
-SELECT plan(34 + 5 * (SELECT count(*)::int FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace));
+SELECT plan(36 + 5 * (SELECT count(*)::int FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace));
 
 CREATE ROLE matrix_admin NOLOGIN;
 GRANT session_ext_admin TO matrix_admin;
@@ -101,9 +101,15 @@ SELECT is(pg_temp.row_of($$SELECT (session_ext.import_session(%3$s, sha256('impo
 SELECT is(pg_temp.row_of('SELECT session_ext.end_user_sessions()::text'),
     ARRAY['42501', '42501', '42501', '39P01', '39P01', '39P01'], 'end_user_sessions, called other than as a trigger');
 
+-- CSRF (a bearer of alice's token gets her session's CSRF token, and it verifies).
+SELECT is(pg_temp.row_of('SELECT (session_ext.session_csrf_token(%2$s) IS NOT NULL)::text'),
+    ARRAY['42501', 'true', 'false', 'true', 'true', 'true'], 'session_csrf_token with alice''s token');
+SELECT is(pg_temp.row_of('SELECT session_ext.verify_csrf_token(%2$s, session_ext.session_csrf_token(%2$s))::text'),
+    ARRAY['42501', 'true', 'false', 'true', 'true', 'true'], 'verify_csrf_token with alice''s token');
+
 -- Every function is in the matrix above.
 SELECT is((SELECT count(DISTINCT proname) FROM pg_catalog.pg_proc WHERE pronamespace = 'session_ext'::regnamespace),
-    21::bigint, 'the matrix covers every function of the schema');
+    23::bigint, 'the matrix covers every function of the schema');
 
 -- The tables: users read their own rows, admins all; nobody but the owner writes directly.
 SELECT is(pg_temp.row_of('SELECT count(*)::text FROM session_ext.user_sessions'),

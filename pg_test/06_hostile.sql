@@ -167,7 +167,10 @@ INSERT INTO valid VALUES
     (NULL, 'token_sha256', 'bytea', $$sha256('hostile-sweep')$$),
     (NULL, 'expires_at', 'timestamp with time zone', $$now() + interval '1 day'$$),
     (NULL, 'aal', 'text', $$'aal2'$$),
-    ('validate_session', 'session_token', 'text', quote_literal(:'alice_token'));
+    ('validate_session', 'session_token', 'text', quote_literal(:'alice_token')),
+    ('session_csrf_token', 'session_token', 'text', quote_literal(:'alice_token')),
+    ('verify_csrf_token', 'session_token', 'text', quote_literal(:'alice_token')),
+    ('verify_csrf_token', 'csrf_token', 'text', quote_literal(session_ext.session_csrf_token(:'alice_token')));
 
 -- Every argument of every function in the schema.
 CREATE TEMP VIEW args AS
@@ -276,6 +279,9 @@ SELECT is_empty($$
                    -- JSON that only jsonb refuses reaches the function: a caller who may not call it hears that first.
                    WHEN c.input_error IS NOT NULL AND c.verdict = 'jsonb' THEN ARRAY[c.input_error, b.outcome]
                    WHEN c.input_error IS NOT NULL THEN ARRAY[c.input_error]
+                   -- A CSRF token is compared, never judged (SPEC §4 "CSRF"): anything but the
+                   -- session's own is false, not an error.
+                   WHEN c.arg = 'csrf_token' THEN ARRAY[b.outcome]
                    WHEN c.verdict = 'null' AND c.dflt LIKE 'NULL::%'
                      OR c.verdict = 'accepted' AND (c.only_for IS NULL OR c.arg = ANY (c.only_for))
                      OR c.verdict = 'stranger' AND c.arg <> 'user_id' THEN ARRAY[b.outcome]

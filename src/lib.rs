@@ -89,6 +89,13 @@ extension_sql_file!(
     requires = ["jwt_sessions"]
 );
 
+// 0.7.0's CSRF tokens: privileges and comments of its two functions, once they exist.
+extension_sql_file!(
+    "../sql/session_ext--0.6.0--0.7.0.sql",
+    name = "csrf",
+    requires = ["hot_activity", api::csrf::session_csrf_token, api::csrf::verify_csrf_token]
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: flags PostgreSQL sets before it loads libraries.

@@ -108,6 +108,29 @@ impl Derived {
     }
 }
 
+/// A session's CSRF token (SPEC §4 "CSRF", the synchronizer token pattern), URL-safe base64:
+///
+/// ```text
+/// csrf = HMAC-SHA-256(key, "session_ext csrf" | session id | 0 (8 bytes, big-endian))
+/// ```
+///
+/// A function of the session's key and id only: the same for every token of the session (it
+/// survives rotation), useless once the session has ended (the functions look the session up
+/// first), and made only by the key's holder, the database.
+pub fn csrf(key: &[u8], session: &[u8; 16]) -> String {
+    URL_SAFE_NO_PAD.encode(mac(key, CSRF_LABEL, session, 0).finalize().into_bytes())
+}
+
+/// Whether `presented` is the session's [`csrf`] token, compared in constant time. Anything
+/// else, malformed or not, is simply false.
+pub fn csrf_matches(key: &[u8], session: &[u8; 16], presented: &str) -> bool {
+    URL_SAFE_NO_PAD
+        .decode(presented)
+        .is_ok_and(|tag| mac(key, CSRF_LABEL, session, 0).verify_slice(&tag).is_ok())
+}
+
+const CSRF_LABEL: &[u8] = b"session_ext csrf";
+
 /// Why a client-supplied token is refused, phrased to follow the argument's name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenProblem {
@@ -247,6 +270,28 @@ mod tests {
         assert_eq!(parse(&generate().unwrap()), None, "a random token is not derived");
         assert_eq!(parse(&token[..97]), None);
         assert_eq!(parse(&"A".repeat(98)), None, "format byte 0");
+    }
+
+    #[test]
+    fn a_csrf_token_is_bound_to_key_and_session_and_nothing_else_matches() {
+        let (key, other_key) = (new_key().unwrap(), new_key().unwrap());
+        let (session, other_session) = ([7u8; 16], [8u8; 16]);
+        let csrf_token = csrf(&key, &session);
+        assert_eq!(csrf_token, csrf(&key, &session));
+        assert_eq!(csrf_token.len(), 43);
+        assert!(csrf_matches(&key, &session, &csrf_token));
+        assert!(!csrf_matches(&other_key, &session, &csrf_token));
+        assert!(!csrf_matches(&key, &other_session, &csrf_token));
+        // Not the token auth of any generation either: the label separates them.
+        assert_ne!(
+            csrf_token,
+            URL_SAFE_NO_PAD.encode(mac(&key, b"session_ext token auth", &session, 0).finalize().into_bytes())
+        );
+        for wrong in
+            ["", "not base64!", &csrf_token[..42], &format!("{csrf_token}A"), &csrf(&key, &other_session)]
+        {
+            assert!(!csrf_matches(&key, &session, wrong), "{wrong:?} matched");
+        }
     }
 
     #[test]

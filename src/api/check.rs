@@ -115,15 +115,7 @@ fn validate_session(
 
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
     let writable = writable();
-    let due = activity_due(writable);
-    let mut hash = token::hash(token);
-    let live = match lookup::live(Key::Token(&hash), due) {
-        Some(live) => live,
-        None => {
-            hash = Spi::connect(|client| successor(client, token, &hash))?;
-            lookup::live(Key::Token(&hash), due)?
-        }
-    };
+    let (live, hash) = by_token(token, activity_due(writable))?;
     if !scope.covers(live.user_id) {
         return None;
     }
@@ -142,6 +134,18 @@ fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<Sess
         return None;
     }
     record_activity(live, Key::Token(&hash))
+}
+
+/// The active session `token` stands for, with the hash of its current token: the token itself,
+/// or the token that replaced it within the rotation grace. An earlier token of a rotated session
+/// revokes it (`token_reuse`) and finds nothing. `due_before` as for [`lookup::live`].
+pub(super) fn by_token(token: &str, due_before: Option<pg_sys::TimestampTz>) -> Option<(Live, TokenHash)> {
+    let hash = token::hash(token);
+    if let Some(live) = lookup::live(Key::Token(&hash), due_before) {
+        return Some((live, hash));
+    }
+    let hash = Spi::connect(|client| successor(client, token, &hash))?;
+    Some((lookup::live(Key::Token(&hash), due_before)?, hash))
 }
 
 /// When the transaction may write, the moment before which a session's last activity is due to

@@ -7,6 +7,7 @@ mod args;
 mod check;
 pub(crate) mod cleanup;
 mod create;
+mod csrf;
 mod current;
 mod data;
 mod devices;
