@@ -11,10 +11,11 @@ declare -A PYPI_RELEASE=([16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
 # Where those builds are unpacked: machine-wide, so that every checkout shares them.
 PG_TREES="${SESSION_EXT_PG_TREES:-/opt/session_ext}"
 # pgTAP, pg_cron and pgbouncer exist as Debian packages for 15 only; pgTAP is plain SQL, and its
-# files are copied into the other majors' trees.
+# files are copied into the other majors' trees. Chromium runs the web example's browser tests.
 APT_PACKAGES=(
     postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo
     postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-cron pgbouncer
+    chromium
 )
 
 say() { printf '\n\033[1m==> [%dm%02ds] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
@@ -173,14 +174,20 @@ install_package() {
     echo "$package"
 }
 
-# The client libraries of examples/: psycopg in a virtualenv of the build area, pg from npm.
+# The client libraries of examples/: psycopg in a virtualenv of the build area; pg, the web
+# example's server and playwright-core (which drives Debian's chromium, never a downloaded
+# browser) from npm, as each package-lock.json pins them.
 ensure_example_clients() {
     if ! command -v npm >/dev/null; then
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
     fi
-    if [ ! -d "$ROOT/examples/node/node_modules/pg" ]; then
-        (cd "$ROOT/examples/node" && npm ci --no-audit --no-fund --silent)
-    fi
+    # Installed again whenever the lock file changed since the last install.
+    local example
+    for example in "$ROOT/examples/node" "$ROOT/examples/web"; do
+        if ! cmp -s "$example/package-lock.json" "$example/node_modules/.installed-lock.json"; then
+            (cd "$example" && npm ci --no-audit --no-fund --silent && cp package-lock.json node_modules/.installed-lock.json)
+        fi
+    done
     EXAMPLES_PYTHON="$RUN_DIR/venv/bin/python"
     if ! "$EXAMPLES_PYTHON" -c 'import psycopg' 2>/dev/null; then
         python3 -m venv "$RUN_DIR/venv"

@@ -7,7 +7,8 @@
 #   2. unit tests: cargo pgrx test (pure Rust #[test]s and in-database #[pg_test]s)
 #   3. the release package (cargo pgrx package), installed; the SQL-level suite: pgTAP files in
 #      pg_test/, run by pg_prove against it in a fresh cluster
-#   4. the client examples in examples/ (Python and Node.js) against that cluster
+#   4. the client examples in examples/ (Python and Node.js) against that cluster, and the web
+#      example's browser tests (Debian's chromium, driven by playwright-core)
 #   5. upgrades: each released version of the extension updated to this one
 #   6. integration tests in tests/: Rust clients against real clusters
 # Last, when 15 and a newer major are selected: pg_upgrade from 15 to each newer one.
@@ -90,9 +91,11 @@ test_major() {
     local examples_url="postgresql://authenticator@/examples?host=$(cluster_dir pgtap)/sock&port=$PGTAP_PORT"
     DATABASE_URL="$examples_url" "$EXAMPLES_PYTHON" "$ROOT/examples/python/sessions.py"
     (cd "$ROOT/examples/node" && DATABASE_URL="$examples_url" node sessions.mjs)
+    say "PostgreSQL $PG_MAJOR: the web example in Chromium (examples/web), screenshot in $RUN_DIR/screenshots/"
+    (cd "$ROOT/examples/web" && DATABASE_URL="$examples_url" SCREENSHOT_DIR="$RUN_DIR/screenshots/pg$PG_MAJOR" npm test --silent)
 
     say "PostgreSQL $PG_MAJOR: each released version, updated to $VERSION, keeps its sessions and equals a fresh install"
-    local extension_dir released old still_valid cleaned families mismatch remembered keyed key previous_hash
+    local extension_dir released old still_valid cleaned families mismatch remembered keyed key deadline previous_hash
     extension_dir="$("$PG_CONFIG" --sharedir)/extension"
     cluster_psql pgtap -c "CREATE DATABASE fresh_install"
     cluster_psql pgtap -d fresh_install -c "CREATE EXTENSION session_ext"
@@ -109,21 +112,26 @@ test_major() {
             0.[123].0) remembered="previous_token_hash" keyed="" key="" ;;
             *) remembered="root_token_hashes" keyed=", token_key" key=", sha256(gen_random_uuid()::text::bytea)" ;;
         esac
+        # From 0.6.0 on a row also has its cleanup deadline (at its valid_until).
+        deadline=""
+        case "$old" in 0.[1-5].0) ;; *) deadline=", cleanup_after" ;; esac
         previous_hash="sha256(convert_to(r.previous, 'UTF8'))"
         [ "$remembered" = root_token_hashes ] && previous_hash="ARRAY[$previous_hash]"
         cluster_psql pgtap -d upgraded -c "CREATE EXTENSION session_ext VERSION '$old'" -c "
             CREATE TABLE kept AS SELECT 'kept-' || i || '-' || md5(random()::text) AS token FROM generate_series(1, 5) i;
             CREATE TABLE rotated AS SELECT 'previous-' || md5(random()::text) AS previous, 'current-' || md5(random()::text) AS current;
-            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed)
+            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed $deadline)
                 SELECT k.id, gen_random_uuid(), k.id::text, sha256(convert_to(k.token, 'UTF8')), now() + '1 day', now() + '1 day' $key
+                       ${deadline:+, now() + '1 day'}
                   FROM (SELECT gen_random_uuid() AS id, token FROM kept) k;
             INSERT INTO session_ext.user_sessions
-                   (id, user_id, session_id, token_hash, $remembered, rotated_at, expires_at, valid_until $keyed)
+                   (id, user_id, session_id, token_hash, $remembered, rotated_at, expires_at, valid_until $keyed $deadline)
                 SELECT r.id, gen_random_uuid(), r.id::text, sha256(convert_to(r.current, 'UTF8')),
-                       $previous_hash, now() - interval '1 minute', now() + '1 day', now() + '1 day' $key
+                       $previous_hash, now() - interval '1 minute', now() + '1 day', now() + '1 day' $key ${deadline:+, now() + '1 day'}
                   FROM (SELECT gen_random_uuid() AS id, * FROM rotated) r;
-            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed)
+            INSERT INTO session_ext.user_sessions (id, user_id, session_id, token_hash, expires_at, valid_until $keyed $deadline)
                 SELECT e.id, gen_random_uuid(), e.id::text, sha256(e.id::text::bytea), now() - interval '1 minute', now() - interval '1 minute' $key
+                       ${deadline:+, now() - interval '1 minute'}
                   FROM (SELECT gen_random_uuid() AS id) e"
         # Until the update, the new library refuses the old objects, and says what to do.
         mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"
@@ -134,7 +142,7 @@ test_major() {
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;
             DROP TABLE kept")"
         [ "$still_valid" = "5/5" ] || { echo "after the update from $old, $still_valid sessions validate" >&2; exit 1; }
-        # The update gave every row its cleanup deadline (0.6.0's cleanup_after, at its valid_until):
+        # Every row has its cleanup deadline at its valid_until (0.6.0's cleanup_after; an update from before 0.6.0 sets it):
         # cleanup deletes the expired one and keeps the six live ones.
         cleaned="$(cluster_psql pgtap -d upgraded -At -c "SELECT session_ext.cleanup_expired_sessions()" \
             -c "SELECT count(*) FILTER (WHERE cleanup_after = valid_until) || '/' || count(*) FROM session_ext.user_sessions")"
