@@ -1,7 +1,7 @@
 -- Errors are part of the API (SPEC §7): each refusal has its SQLSTATE, and a refused call
 -- writes nothing. Calls are made as PostgREST makes them: role authenticated, JWT claims set.
 \ir fixtures/begin.sql
-SELECT plan(171);
+SELECT plan(173);
 
 -- Everything session_ext stores, as one value: equal before and after means nothing was written.
 CREATE FUNCTION pg_temp.rows() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
@@ -78,6 +78,7 @@ SELECT * FROM pg_temp.refused($$SELECT session_ext.session_csrf_token(NULL)$$, '
 SELECT * FROM pg_temp.refused($$SELECT session_ext.session_csrf_token('short')$$, '22023', NULL, 'session_csrf_token with a short token');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.verify_csrf_token(NULL, 'x')$$, '22023', 'invalid value for argument "session_token"', 'verify_csrf_token with a NULL session token');
 SELECT * FROM pg_temp.refused($$SELECT session_ext.verify_csrf_token(repeat('a', 1025), NULL)$$, '22023', NULL, 'verify_csrf_token with an over-long session token');
+SELECT * FROM pg_temp.refused($$SELECT session_ext.session_csrf_token(repeat('a', 40), '')$$, '22023', 'invalid value for argument "fingerprint"', 'session_csrf_token with an empty fingerprint');
 
 SELECT * FROM pg_temp.refused($$SELECT session_ext.update_session_data(NULL, '{}')$$, '22023', 'invalid value for argument "session_id"', 'update_session_data: NULL session_id');
 SELECT * FROM pg_temp.refused(format($$SELECT session_ext.update_session_data(%L, NULL)$$, :'alice_id'), '22023', 'invalid value for argument "session_data"', 'update_session_data: NULL data');

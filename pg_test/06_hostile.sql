@@ -170,7 +170,7 @@ INSERT INTO valid VALUES
     ('validate_session', 'session_token', 'text', quote_literal(:'alice_token')),
     ('session_csrf_token', 'session_token', 'text', quote_literal(:'alice_token')),
     ('verify_csrf_token', 'session_token', 'text', quote_literal(:'alice_token')),
-    ('verify_csrf_token', 'csrf_token', 'text', quote_literal(session_ext.session_csrf_token(:'alice_token')));
+    ('verify_csrf_token', 'csrf_token', 'text', quote_literal(session_ext.session_csrf_token(:'alice_token', 'alice-laptop')));
 
 -- Every argument of every function in the schema.
 CREATE TEMP VIEW args AS

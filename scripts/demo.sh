@@ -14,12 +14,19 @@ cluster_create demo "$PORT" "shared_preload_libraries = 'session_ext'"
 cluster_start demo
 say "the demo"
 cluster_psql demo -f "$ROOT/scripts/demo.sql"
+# A database for the web example (examples/web), with the Supabase-style roles it connects as.
+cluster_psql demo -c "CREATE DATABASE web"
+cluster_psql demo -d web -f "$ROOT/pg_test/fixtures/supabase_roles.sql" -c "CREATE EXTENSION session_ext" \
+    -f "$ROOT/pg_test/fixtures/grant_api_roles.sql"
 
 dir="$(cluster_dir demo)"
 say "done"
 cat <<MSG
 The demo cluster is still running. To connect:
     psql -h $dir/sock -p $PORT -U postgres
+To try the web example (Node.js 20 or later) in its database "web", then open http://localhost:3000:
+    cd examples/web && npm ci
+    DATABASE_URL='postgresql://authenticator@/web?host=$dir/sock&port=$PORT' npm start
 To stop it:
     sudo -u postgres $PG_BIN/pg_ctl -D $dir/data stop
 MSG

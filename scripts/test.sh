@@ -133,10 +133,13 @@ test_major() {
                 SELECT e.id, gen_random_uuid(), e.id::text, sha256(e.id::text::bytea), now() - interval '1 minute', now() - interval '1 minute' $key
                        ${deadline:+, now() - interval '1 minute'}
                   FROM (SELECT gen_random_uuid() AS id) e"
-        # Until the update, the new library refuses the old objects, and says what to do.
-        mismatch="$(cluster_psql pgtap -d upgraded -c "SELECT session_ext.validate_session(token) FROM kept" 2>&1 || true)"
-        grep -q "objects in this database are version $old, its library is $VERSION" <<<"$mismatch" ||
-            { echo "before the update from $old, a call answered: $mismatch" >&2; exit 1; }
+        # Until the update, the new library refuses objects whose tables differ from its own (those
+        # before 0.6.0), and says what to do; objects of the same shape it serves as they are.
+        mismatch="$(cluster_psql pgtap -d upgraded -Atc "SELECT count((session_ext.validate_session(token)).id) FROM kept" 2>&1 || true)"
+        case "$old" in
+            0.[1-5].0) grep -q "objects in this database are version $old, its library is $VERSION" <<<"$mismatch" ;;
+            *) [ "$mismatch" = 5 ] ;;
+        esac || { echo "before the update from $old, a call answered: $mismatch" >&2; exit 1; }
         cluster_psql pgtap -d upgraded -c "ALTER EXTENSION session_ext UPDATE"
         still_valid="$(cluster_psql pgtap -d upgraded -Atc "
             SELECT count(*) FILTER (WHERE (session_ext.validate_session(token)).id IS NOT NULL) || '/' || count(*) FROM kept;

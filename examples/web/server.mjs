@@ -93,8 +93,6 @@ const devicesOf = (session) =>
 
 const app = express();
 app.disable('x-powered-by');
-app.use(express.static(fileURLToPath(new URL('public', import.meta.url))));
-app.use(cookieParser(), express.urlencoded({ extended: false }), express.json());
 app.use((req, res, next) => {
   res.set({
     'Content-Security-Policy': "default-src 'self'; form-action 'self'; frame-ancestors 'none'",
@@ -102,6 +100,8 @@ app.use((req, res, next) => {
   });
   next();
 });
+app.use(express.static(fileURLToPath(new URL('public', import.meta.url))));
+app.use(cookieParser(), express.urlencoded({ extended: false }), express.json());
 
 app.get('/', async (req, res) => {
   const token = req.cookies[TOKEN_COOKIE];
@@ -119,12 +119,24 @@ app.get('/panel', requireSession, async (req, res) => {
   res.send(panel(req.session, await devicesOf(req.session)).text);
 });
 
-// Sign-in has no session yet, so it cannot carry a session's CSRF token. Authentication is out
-// of scope: the user id is derived from the name; a real app checks a password here first.
+// Sign-in has no session yet, so it cannot carry a session's CSRF token. Against login CSRF (a
+// page elsewhere signing this browser in as someone else) it takes only requests the browser
+// says come from this origin: Sec-Fetch-Site, or else Origin. Authentication is out of scope:
+// the user id is derived from the name; a real app checks a password here first.
 app.post('/signin', async (req, res) => {
+  const site = req.get('sec-fetch-site');
+  const origin = req.get('origin');
+  if (site ? site !== 'same-origin' : origin && origin !== `${req.protocol}://${req.get('host')}`) {
+    return res.status(403).type('text').send('forbidden: sign-in from another origin');
+  }
   const name = String(req.body?.name ?? '').trim();
   if (!name) return res.status(400).type('text').send('a user name is required');
   const userId = uuidv5(name, USER_NAMESPACE);
+  // Signing in again ends the session this browser had, rather than leaving it behind unseen.
+  const previous = await validate(req.cookies[TOKEN_COOKIE]);
+  if (previous) {
+    await asUser(previous.user_id, (q) => q("SELECT session_ext.revoke_session($1, 'logout')", [previous.id]));
+  }
   const [session] = await asUser(userId, (q) =>
     q(
       `SELECT id, token, expires_at FROM session_ext.create_user_session(
@@ -135,7 +147,7 @@ app.post('/signin', async (req, res) => {
         JSON.stringify({ user_name: name, platform: 'web', switches: 0 }),
         SESSION_IDLE_TIMEOUT ?? null,
         String(req.body.device ?? '').trim() || null,
-        req.get('user-agent') ?? null,
+        req.get('user-agent')?.slice(0, 1024) || null, // session_ext's limit for the column
         req.ip.replace(/^::ffff:(?=\d+\.)/, ''), // an IPv4 client of a dual-stack socket
       ],
     ),
@@ -195,6 +207,11 @@ app.post('/signout', requireSession, requireCsrfToken, async (req, res) => {
 // Open tabs by user id; each is told about its user's session events.
 const tabs = new Map();
 
+function forget(userId, tab) {
+  tabs.get(userId)?.delete(tab);
+  if (tabs.get(userId)?.size === 0) tabs.delete(userId);
+}
+
 app.get('/events', requireSession, (req, res) => {
   const userId = req.session.user_id;
   const tab = { sessionId: req.session.id, res };
@@ -204,16 +221,16 @@ app.get('/events', requireSession, (req, res) => {
   const ping = setInterval(() => res.write(': ping\n\n'), 25_000); // keeps proxies from timing out
   req.on('close', () => {
     clearInterval(ping);
-    tabs.get(userId).delete(tab);
-    if (tabs.get(userId).size === 0) tabs.delete(userId);
+    forget(userId, tab);
   });
 });
 
 // Errors are logged by SQLSTATE and message only: pg errors never carry the query's parameters.
-// 42501 is another user's session (a forged device id); other 4xx come from body parsing.
+// 42501 is another user's session (a forged device id), 22023 a value session_ext refuses (a
+// 1 MB user name); other 4xx come from body parsing.
 app.use((error, req, res, next) => {
   console.error(`${req.method} ${req.path}: ${error.code ?? ''} ${error.message}`);
-  const status = error.code === '42501' ? 403 : (error.status ?? 500);
+  const status = { 42501: 403, 22023: 400 }[error.code] ?? error.status ?? 500;
   res.status(status).type('text').send(status === 500 ? 'internal error' : 'request refused');
 });
 
@@ -233,6 +250,11 @@ listener.on('notification', ({ payload }) => {
     const ended = tab.sessionId === event.session_id && (event.event === 'revoke' || event.event === 'rotate');
     const name = ended ? 'signed-out' : 'changed';
     tab.res.write(`event: ${name}\ndata: ${name}\n\n`);
+    // A tab of an ended session hears nothing more of its user.
+    if (ended) {
+      forget(event.user_id, tab);
+      tab.res.end();
+    }
   }
 });
 // Tabs must not silently miss a logout: without the listener, exit and let the supervisor restart.

@@ -116,24 +116,31 @@ fn validate_session(
 fn validate(token: &str, fingerprint: Option<&str>, scope: Scope) -> Option<SessionInfo> {
     let writable = writable();
     let (live, hash) = by_token(token, activity_due(writable))?;
+    admitted(&live, scope, fingerprint, writable).then(|| record_activity(live, Key::Token(&hash)))?
+}
+
+/// Whether the caller may use the session `live` a token led to: its own (or the caller is an
+/// admin), and, for a session bound to a fingerprint, with that fingerprint. A mismatch is
+/// recorded as a `suspicious` event when the transaction may write.
+pub(super) fn admitted(live: &Live, scope: Scope, fingerprint: Option<&str>, writable: bool) -> bool {
     if !scope.covers(live.user_id) {
-        return None;
+        return false;
     }
-    if !fingerprint_matches(live.fingerprint_hash.as_deref(), fingerprint) {
-        if writable {
-            Spi::connect(|client| {
-                let subject = Subject::of(client, live.id);
-                events::record(
-                    client,
-                    Event::Suspicious,
-                    subject.as_ref(),
-                    json!({ "reason": "fingerprint_mismatch" }),
-                );
-            });
-        }
-        return None;
+    if fingerprint_matches(live.fingerprint_hash.as_deref(), fingerprint) {
+        return true;
     }
-    record_activity(live, Key::Token(&hash))
+    if writable {
+        Spi::connect(|client| {
+            let subject = Subject::of(client, live.id);
+            events::record(
+                client,
+                Event::Suspicious,
+                subject.as_ref(),
+                json!({ "reason": "fingerprint_mismatch" }),
+            );
+        });
+    }
+    false
 }
 
 /// The active session `token` stands for, with the hash of its current token: the token itself,

@@ -51,11 +51,16 @@ function startServer(name, env = {}) {
 }
 
 // Another origin on the same host (other port): same site, so SameSite=Strict cookies still go
-// with its form POST, and only the CSRF check can refuse it.
+// with its form POSTs, and only the CSRF check (the origin check, for sign-in) can refuse them.
+// /platform switches the victim's platform, /signin signs the victim's browser in as mallory.
 function startAttacker(target) {
+  const forms = {
+    '/platform': '<input name="platform" value="android">',
+    '/signin': '<input name="name" value="mallory"><input name="device" value="planted">',
+  };
   attacker = createServer((req, res) => {
     res.setHeader('Content-Type', 'text/html');
-    res.end(`<form method="post" action="${target}/platform"><input name="platform" value="android"></form>
+    res.end(`<form method="post" action="${target}${req.url}">${forms[req.url] ?? ''}</form>
 <script>document.forms[0].submit()</script>`);
   });
   return new Promise((resolve) => attacker.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${attacker.address().port}`)));
@@ -219,28 +224,40 @@ async function main() {
   const untouched = await stored(phoneSession);
   const attack = await phone.newPage();
   const started = performance.now();
-  const [refused] = await Promise.all([
-    attack.waitForResponse((r) => r.url() === `${app.url}/platform` && r.request().method() === 'POST'),
-    attack.goto(attackerUrl),
-  ]);
+  const forged = async (route) => {
+    const [response] = await Promise.all([
+      attack.waitForResponse((r) => r.url() === `${app.url}${route}` && r.request().method() === 'POST'),
+      attack.goto(`${attackerUrl}${route}`),
+    ]);
+    return { status: response.status(), text: await response.text() };
+  };
+  const refused = await forged('/platform');
   ms = Math.round(performance.now() - started);
-  check(`the forged form POST is refused with 403 (got ${refused.status()})`, refused.status() === 403);
-  check('the refusal is the CSRF check (the cookie was sent)', (await refused.text()).includes('CSRF'));
-  const wrongToken = await c1.evaluate(async () => {
-    const response = await fetch('/platform', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': 'A'.repeat(43) },
-      body: JSON.stringify({ platform: 'android' }),
-    });
-    return response.status;
-  });
-  check(`a POST with a wrong CSRF token is refused with 403 (got ${wrongToken})`, wrongToken === 403);
+  check(`the forged form POST is refused with 403 (got ${refused.status})`, refused.status === 403);
+  check('the refusal is the CSRF check (the cookie was sent)', refused.text.includes('CSRF'));
+  const planted = await forged('/signin');
+  check(`a forged sign-in is refused with 403 (got ${planted.status})`, planted.status === 403);
+  check('the browser keeps its own session', (await sessionIdOf(phone)) === phoneSession);
+  // Every state-changing route of the page, from the page's own origin: without the header, and
+  // with a wrong token.
+  const statuses = await c1.evaluate(async (routes) => {
+    const post = (route, headers) =>
+      fetch(route, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: '{"platform":"ios"}' })
+        .then((response) => response.status);
+    const results = [];
+    for (const route of routes) {
+      results.push(await post(route, {}), await post(route, { 'X-CSRF-Token': 'A'.repeat(43) }));
+    }
+    return results;
+  }, ['/platform', '/signout', '/devices/revoke-others', `/devices/${phoneSession}/revoke`]);
+  check(`every POST without the CSRF token or with a wrong one is refused with 403 (got ${statuses})`,
+    statuses.every((status) => status === 403));
   const now = await stored(phoneSession);
   check('nothing changed in the database', JSON.stringify(now) === JSON.stringify(untouched));
   await c1.reload();
   await showing(c1, 'version', now.data_version).waitFor();
   await showing(c1, 'platform', untouched.session_data.platform).waitFor();
-  report('cross-site form POST without CSRF token and POST with a wrong one get 403, nothing changes', ms);
+  report('cross-site form POSTs (a switch without CSRF token, a sign-in) and every POST without or with a wrong token get 403, nothing changes', ms);
   await phone.close();
 
   // 5. A session that idles out shows "session expired" on its next action.
