@@ -258,6 +258,14 @@ async function main() {
   await showing(c1, 'version', now.data_version).waitFor();
   await showing(c1, 'platform', untouched.session_data.platform).waitFor();
   report('cross-site form POSTs (a switch without CSRF token, a sign-in) and every POST without or with a wrong token get 403, nothing changes', ms);
+
+  // Signing in again from the page's own origin ends the session the browser had.
+  const signedInAgain = await c1.evaluate(async (name) => {
+    const response = await fetch('/signin', { method: 'POST', body: new URLSearchParams({ name, device: 'phone' }) });
+    return response.ok;
+  }, `bob-${run}`);
+  check('signing in again works', signedInAgain && (await sessionIdOf(phone)) !== phoneSession);
+  check('signing in again revoked the previous session', (await stored(phoneSession)).revoke_reason === 'logout');
   await phone.close();
 
   // 5. A session that idles out shows "session expired" on its next action.
