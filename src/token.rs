@@ -129,6 +129,9 @@ pub fn csrf_matches(key: &[u8], session: &[u8; 16], presented: &str) -> bool {
         .is_ok_and(|tag| mac(key, CSRF_LABEL, session, 0).verify_slice(&tag).is_ok())
 }
 
+// The MAC inputs are not length-prefixed: the labels stay apart because none is a prefix of
+// another ("session_ext csrf", "session_ext token auth", "session_ext token next"); a new label
+// must keep it so.
 const CSRF_LABEL: &[u8] = b"session_ext csrf";
 
 /// Why a client-supplied token is refused, phrased to follow the argument's name.

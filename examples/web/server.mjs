@@ -70,6 +70,11 @@ async function endReason(sessionId) {
   return s.revoked_at ? 'signed out' : 'session expired';
 }
 
+// HttpOnly: no page script can read the token; SameSite=Strict: no cross-site request sends it;
+// Secure when served over HTTPS (behind a TLS proxy, set express's "trust proxy"). Clearing a
+// cookie takes the attributes it was set with.
+const cookieOptions = (req) => ({ httpOnly: true, sameSite: 'strict', path: '/', secure: req.secure });
+
 async function requireSession(req, res, next) {
   req.session = await validate(req.cookies[TOKEN_COOKIE]);
   if (req.session) return next();
@@ -152,9 +157,7 @@ app.post('/signin', async (req, res) => {
       ],
     ),
   );
-  // HttpOnly: no page script can read the token; SameSite=Strict: no cross-site request sends it;
-  // Secure when served over HTTPS (behind a TLS proxy, set express's "trust proxy").
-  const options = { httpOnly: true, sameSite: 'strict', path: '/', secure: req.secure, expires: session.expires_at };
+  const options = { ...cookieOptions(req), expires: session.expires_at };
   res.cookie(TOKEN_COOKIE, session.token, options).cookie(ID_COOKIE, session.id, options).redirect(303, '/');
 });
 
@@ -200,7 +203,7 @@ app.post('/devices/:id/revoke', requireSession, requireCsrfToken, async (req, re
 
 app.post('/signout', requireSession, requireCsrfToken, async (req, res) => {
   await asUser(req.session.user_id, (q) => q("SELECT session_ext.revoke_session($1, 'logout')", [req.session.id]));
-  const options = { httpOnly: true, sameSite: 'strict', path: '/', secure: req.secure };
+  const options = cookieOptions(req);
   res.clearCookie(TOKEN_COOKIE, options).clearCookie(ID_COOKIE, options).sendStatus(204);
 });
 
