@@ -4,12 +4,7 @@
 \ir fixtures/begin.sql
 SELECT plan(20);
 
-CREATE ROLE mallory NOLOGIN;
-GRANT session_ext_user TO mallory;
-CREATE SCHEMA evil AUTHORIZATION mallory;
-GRANT USAGE ON SCHEMA evil TO PUBLIC;
-\set mallory '''3a110000-0000-4000-8000-00000000000e'''
-\set mallory_claims '''{"sub":"3a110000-0000-4000-8000-00000000000e","role":"mallory"}'''
+\ir fixtures/mallory.sql
 
 SET LOCAL ROLE mallory;
 CREATE FUNCTION evil.trap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
@@ -55,23 +50,6 @@ CREATE TEMP TABLE user_sessions (id uuid);
 CREATE TEMP TABLE session_audit_log (id bigint);
 CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON pg_temp.user_sessions FOR EACH ROW EXECUTE FUNCTION evil.trap();
 CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON pg_temp.session_audit_log FOR EACH ROW EXECUTE FUNCTION evil.trap();
--- Runs a statement with mallory's schema first on the search_path; its one value as text, or
--- the error. (pgTAP itself does not pin its search_path, so the assertions run outside.)
-CREATE FUNCTION evil.run(statement text) RETURNS text LANGUAGE plpgsql
-SET search_path = evil, pg_catalog, public AS $$
-DECLARE
-    result text;
-BEGIN
-    IF statement ~* '^\s*create' THEN
-        EXECUTE statement;
-        RETURN 'done';
-    END IF;
-    EXECUTE statement INTO result;
-    RETURN result;
-EXCEPTION WHEN OTHERS THEN
-    RETURN 'ERROR: ' || SQLERRM;
-END
-$$;
 RESET ROLE;
 
 -- The decoys work where nothing is pinned: plain queries on that search_path are hijacked.

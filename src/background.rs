@@ -1,6 +1,6 @@
-//! What session_ext's short-lived background workers share: connecting to one database as
-//! PostgreSQL's own workers do, and running work in transactions of their own. The cleanup
-//! worker (`worker`) and the worker that commits a token-reuse revocation (`api::reuse`) use it.
+//! What session_ext's background processes share: connecting to one database as PostgreSQL's
+//! own workers do, and running work in transactions of their own. The launcher and its
+//! per-database worker (`worker`) use it, and `api::reuse` for the revocations that worker applies.
 
 use crate::internals;
 use pgrx::bgworkers::BackgroundWorker;
@@ -10,7 +10,8 @@ use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 
 /// Connects this worker to database `database` (by OID: a database renamed meanwhile is still
-/// the right one) as the bootstrap superuser, named `application_name` in pg_stat_activity.
+/// the right one) as the bootstrap superuser, named `application_name` in pg_stat_activity. Its
+/// work on session_ext's tables runs as their owner (`definer::in_background`).
 /// SIGTERM ends it at the next `CHECK_FOR_INTERRUPTS`, also inside lock waits; SIGHUP stays
 /// ignored (a short run reads the configuration as it starts).
 pub fn connect(database: pg_sys::Oid, application_name: &CStr) {

@@ -117,6 +117,31 @@ fn relations() -> Relations {
     relations
 }
 
+/// `session_ext.pending_revocations` and its primary key, locked as a scan locks them (to the end
+/// of the transaction), or none in objects older than 0.8.0 (before `ALTER EXTENSION ...
+/// UPDATE`), which serve without it. Looked up by name at each call, never kept: it is read only
+/// when a revocation may be parked there.
+pub fn pending() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    // SAFETY: catalog lookups by name inside a transaction; the names are looked up again after
+    // the locks, as RangeVarGetRelidExtended does, in case they now name other relations.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"session_ext".as_ptr(), true);
+        let find = || {
+            let table = pg_sys::get_relname_relid(c"pending_revocations".as_ptr(), namespace);
+            let index = pg_sys::get_relname_relid(c"pending_revocations_pkey".as_ptr(), namespace);
+            (table != pg_sys::InvalidOid && index != pg_sys::InvalidOid).then_some((table, index))
+        };
+        loop {
+            let found = find()?;
+            pg_sys::LockRelationOid(found.0, pg_sys::AccessShareLock as _);
+            pg_sys::LockRelationOid(found.1, pg_sys::AccessShareLock as _);
+            if find() == Some(found) {
+                return Some(found);
+            }
+        }
+    }
+}
+
 /// Raises 55000 unless the first attributes of `relation` have exactly `types` (a table may
 /// have more columns after them; a row type, which the code forms whole, may not).
 ///

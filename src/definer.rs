@@ -2,9 +2,11 @@
 //! call the current user is the role that called them — whatever `SET ROLE` chose, or the owner
 //! of a `SECURITY DEFINER` function making the call. That role decides the caller's rights.
 //! Then the function switches to the extension's owner for its work, as
-//! `fmgr_security_definer` switches to a definer function's owner, and runs each SQL statement
-//! of its own under `search_path = pg_catalog, pg_temp`, pinned at its first statement (the hot
-//! path of `validate_session` runs none, and pays nothing for it).
+//! `fmgr_security_definer` switches to a definer function's owner, and runs under
+//! `search_path = pg_catalog, pg_temp` whatever can resolve a name: each SQL statement of its
+//! own, and each write below the executor that runs code someone attached to the table
+//! (`rows::evaluates_attached_code`). The path is pinned at the first of those; the hot path of
+//! `validate_session`, which reads an index and writes a row that has none, pays nothing for it.
 //!
 //! A `SECURITY DEFINER` function in between therefore lends its owner's rights, never its
 //! caller's: an admin calling a non-admin's wrapper acts with the non-admin's rights.
@@ -31,20 +33,38 @@ thread_local! {
 /// restored when `body` returns; after an error, PostgreSQL's transaction or subtransaction
 /// abort restores them, as it does after an error in a definer function.
 pub fn as_owner<T>(body: impl FnOnce() -> ApiResult<T>) -> T {
-    boundary(|| {
-        let (mut caller, mut context) = (pg_sys::InvalidOid, 0);
-        // SAFETY: reads backend globals into the two locals.
-        unsafe { pg_sys::GetUserIdAndSecContext(&mut caller, &mut context) };
-        let owner = cache::locked(|r| [(r.table, pg_sys::AccessShareLock)]).owner;
-        FRAMES.with_borrow_mut(|frames| frames.push(Frame { caller, pinned: None }));
-        let _restore = Restore { caller, context };
-        // SAFETY: as fmgr_security_definer: the local flag keeps SET ROLE and SET SESSION
-        // AUTHORIZATION from running inside, so nothing but this frame changes the user.
-        unsafe {
-            pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32)
-        };
+    // As fmgr_security_definer: the local flag keeps SET ROLE and SET SESSION AUTHORIZATION from
+    // running inside, so nothing but this frame changes the user.
+    boundary(|| as_table_owner(pg_sys::SECURITY_LOCAL_USERID_CHANGE, body))
+}
+
+/// Runs `body`, the work of one of session_ext's background processes (cleanup, the audit rows of
+/// refused creations, the revocation of a reused token's session), as the owner of
+/// `session_ext.user_sessions`, as autovacuum runs code on a table as its owner: with SET ROLE
+/// locked out, as a security-restricted operation (no temporary objects, nothing that outlives
+/// it), and under `search_path = pg_catalog, pg_temp` from its start (SPEC §8). A trigger or
+/// expression someone attached to the tables runs with no rights but the owner's. The process's
+/// own role is the recorded caller. Errors propagate (the process's transaction handling
+/// restores the user).
+pub fn in_background<T>(body: impl FnOnce() -> T) -> T {
+    let restricted = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
+    as_table_owner(restricted, || {
+        pin_search_path();
         body()
     })
+}
+
+/// Runs `body` as the owner of session_ext's table, with `flags` added to the security context.
+fn as_table_owner<T>(flags: u32, body: impl FnOnce() -> T) -> T {
+    let (mut caller, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: reads backend globals into the two locals.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut caller, &mut context) };
+    let owner = cache::locked(|r| [(r.table, pg_sys::AccessShareLock)]).owner;
+    FRAMES.with_borrow_mut(|frames| frames.push(Frame { caller, pinned: None }));
+    let _restore = Restore { caller, context };
+    // SAFETY: the frame pushed above restores the caller and its context.
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, context | flags as i32) };
+    body()
 }
 
 /// Restores the caller's user and settings at the end of an API call.
@@ -82,8 +102,8 @@ pub fn caller() -> pg_sys::Oid {
 /// Pins `search_path = pg_catalog, pg_temp` for the rest of the API call in progress, as a
 /// function's `SET search_path` clause would (a saved, session-level setting at a new nest
 /// level): plans are made and revalidated under it, never under the caller's path. Called
-/// before every SQL statement the API runs; outside an API call (the worker, which pins its own
-/// path) it does nothing.
+/// before every SQL statement the API runs and every direct write that runs attached code;
+/// outside an API call it does nothing (the background processes pin their path for good).
 pub fn pin_search_path() {
     FRAMES.with_borrow_mut(|frames| {
         let Some(frame) = frames.last_mut().filter(|f| f.pinned.is_none()) else { return };

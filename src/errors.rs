@@ -3,10 +3,20 @@
 //!
 //! Validation code returns `ApiError`; the SQL-callable boundary raises it. Raising aborts the
 //! statement, so nothing a failed call wrote survives.
+//!
+//! Every report session_ext makes (errors, warnings, log lines) is in its own message domain, and
+//! the server log shows none of them with the statement that caused it: with the default
+//! `log_min_error_statement` PostgreSQL would log that statement's text next to an error or a
+//! LOG line, and a simple-query call carries its token in that text.
 
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::{PgLogLevel, PgSqlErrorCode};
+use pgrx::{pg_guard, pg_sys, PgLogLevel, PgSqlErrorCode};
+use std::ffi::CStr;
 use std::fmt::Display;
+use std::sync::OnceLock;
+
+/// The message domain of session_ext's reports (`errstart`'s domain, as `ereport_domain` sets it).
+const DOMAIN: &str = "session_ext";
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -49,7 +59,7 @@ impl ApiError {
 
     /// Raises the error as a PostgreSQL ERROR; never returns.
     pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.code, self.message, "session_ext");
+        let mut report = ErrorReport::new(self.code, self.message, "session_ext").set_domain(DOMAIN);
         if let Some(detail) = self.detail {
             report = report.set_detail(detail);
         }
@@ -58,6 +68,50 @@ impl ApiError {
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("an ERROR report returns control to PostgreSQL")
+    }
+}
+
+/// Writes `message` to the server log (LOG), in session_ext's domain: never with the statement.
+pub fn log(message: impl Into<String>) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message.into(), "session_ext")
+        .set_domain(DOMAIN)
+        .report(PgLogLevel::LOG);
+}
+
+/// Sends a WARNING to the client and the server log, in session_ext's domain.
+pub fn warn(code: PgSqlErrorCode, message: impl Into<String>, detail: &str, hint: &str) {
+    ErrorReport::new(code, message.into(), "session_ext")
+        .set_domain(DOMAIN)
+        .set_detail(detail)
+        .set_hint(hint)
+        .report(PgLogLevel::WARNING);
+}
+
+static PREVIOUS_EMIT_LOG_HOOK: OnceLock<pg_sys::emit_log_hook_type> = OnceLock::new();
+
+/// Installs the log hook that keeps statements out of session_ext's reports; once per process,
+/// from `_PG_init` (a preloading postmaster installs it for every backend it forks).
+pub fn hide_statements_of_own_reports() {
+    // SAFETY: _PG_init runs in the process's one thread; the previous hook is kept and called.
+    unsafe {
+        PREVIOUS_EMIT_LOG_HOOK.get_or_init(|| pg_sys::emit_log_hook);
+        pg_sys::emit_log_hook = Some(hide_statement);
+    }
+}
+
+/// `emit_log_hook`: a report in session_ext's domain goes to the server log without the
+/// statement (`errhidestmt`), as PostgreSQL hides it for its own statement-duration lines.
+#[pg_guard]
+unsafe extern "C-unwind" fn hide_statement(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes the report being emitted; its domain is NULL or a C string.
+    unsafe {
+        let domain = (*edata).domain;
+        if !domain.is_null() && CStr::from_ptr(domain).to_bytes() == DOMAIN.as_bytes() {
+            (*edata).hide_stmt = true;
+        }
+        if let Some(Some(previous)) = PREVIOUS_EMIT_LOG_HOOK.get() {
+            previous(edata);
+        }
     }
 }
 

@@ -78,26 +78,50 @@ impl Subject {
 
 /// Records `event` about `subject` (none for cleanup batches): an audit row while
 /// `session_ext.audit` is on, and for the events that change what a client holds, a
-/// notification.
+/// notification. The caller of the API function in progress is the actor.
 pub fn record(client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, details: Value) {
-    if let Some(subject) = subject.filter(|_| event.notifies()) {
-        notify(event, subject, &details);
+    Recorder::current().record(client, event, subject, details);
+}
+
+/// Who caused events, and where they go: the actor of their audit rows, whether they are audited,
+/// and the channel they are notified on.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub actor_role: String,
+    pub actor_user_id: Option<Uuid>,
+    pub audit: bool,
+    /// None when notifications are off.
+    pub channel: Option<String>,
+}
+
+impl Recorder {
+    /// The API call in progress, under the settings in force.
+    pub fn current() -> Recorder {
+        let (actor_role, actor_user_id) = identity::actor();
+        let channel = settings::notify_channel().map(|c| c.to_string_lossy().into_owned());
+        Recorder { actor_role, actor_user_id, audit: settings::AUDIT.get(), channel }
     }
-    if !settings::AUDIT.get() {
-        return;
+
+    /// Records `event` about `subject` for this actor (see [`record`]).
+    pub fn record(&self, client: &SpiClient<'_>, event: Event, subject: Option<&Subject>, details: Value) {
+        if let (Some(subject), Some(channel)) = (subject.filter(|_| event.notifies()), &self.channel) {
+            notify(channel, event, subject, &details);
+        }
+        if !self.audit {
+            return;
+        }
+        AuditRow {
+            occurred_at: rows::now(),
+            event: event.name(),
+            session_id: subject.map(|s| s.id),
+            user_id: subject.map(|s| s.user_id),
+            actor_role: self.actor_role.clone(),
+            actor_user_id: self.actor_user_id,
+            ip_address: subject.and_then(|s| s.ip_address.clone()),
+            details,
+        }
+        .write(client);
     }
-    let (actor_role, actor_user_id) = identity::actor();
-    AuditRow {
-        occurred_at: rows::now(),
-        event: event.name(),
-        session_id: subject.map(|s| s.id),
-        user_id: subject.map(|s| s.user_id),
-        actor_role,
-        actor_user_id,
-        ip_address: subject.and_then(|s| s.ip_address.clone()),
-        details,
-    }
-    .write(client);
 }
 
 /// The audit row of a creation refused by `max_creates_per_minute` (SPEC §6), written by the
@@ -158,12 +182,9 @@ impl AuditRow {
     }
 }
 
-/// `pg_notify(session_ext.notify_channel, {"event", "session_id", "user_id", ...})`, delivered
-/// when the transaction commits.
-fn notify(event: Event, subject: &Subject, details: &Value) {
-    let Some(channel) = settings::notify_channel() else {
-        return;
-    };
+/// `pg_notify(channel, {"event", "session_id", "user_id", ...})`, delivered when the
+/// transaction commits.
+fn notify(channel: &str, event: Event, subject: &Subject, details: &Value) {
     let mut payload = json!({
         "event": event.name(),
         "session_id": uuid_text(&subject.id),
@@ -172,7 +193,6 @@ fn notify(event: Event, subject: &Subject, details: &Value) {
     if let Some(reason) = details.get("reason") {
         payload["reason"] = reason.clone();
     }
-    let channel = channel.to_string_lossy().into_owned();
     // SAFETY: pg_notify takes two text arguments; errors (none expected for a checked channel
     // and a small payload) are raised as PostgreSQL errors.
     unsafe {

@@ -96,6 +96,13 @@ extension_sql_file!(
     requires = ["hot_activity", api::csrf::session_csrf_token, api::csrf::verify_csrf_token]
 );
 
+// 0.8.0's table of pending revocations, and comments that say what the functions now do.
+extension_sql_file!(
+    "../sql/session_ext--0.7.0--0.8.0.sql",
+    name = "pending_revocations",
+    requires = ["csrf"]
+);
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: flags PostgreSQL sets before it loads libraries.
@@ -105,6 +112,7 @@ pub extern "C-unwind" fn _PG_init() {
         settings::register_worker_settings();
     }
     settings::register();
+    errors::hide_statements_of_own_reports();
     // pg_upgrade's servers (binary-upgrade mode) only restore the catalogs: no worker may start
     // there and write to a database whose files are being carried over, as pg_cron holds back.
     if preloading && !binary_upgrade {

@@ -75,7 +75,7 @@ impl Table {
             }
             pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
             pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
-            as_result_relation(relation, |info, estate| {
+            as_result_relation(relation, &[], |info, estate| {
                 let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
                 for (i, value) in row.iter().enumerate() {
                     let datum = value.datum();
@@ -94,17 +94,29 @@ impl Table {
 /// Runs `write` with `relation` as the one result relation of a fresh executor state, its
 /// indexes open, as logical replication's apply worker sets one up
 /// (`create_edata_for_relation`); every executor object lives in the state's memory, freed
-/// before returning.
+/// before returning. `updated` names the columns an update sets (none for an insert).
+///
+/// The write runs code someone attached to the table when [`evaluates_attached_code`] says so:
+/// then it runs under the API call's pinned search_path, and each index's expressions and
+/// predicate are read again from the catalog, not taken from this backend's relation cache, where
+/// SQL functions in them were inlined under whatever search_path the caller had when the cache
+/// entry was built (a query of its own on the table is enough). PostgreSQL plans them when it
+/// first evaluates them (`ExecPrepareExpr`), under the pinned path.
 ///
 /// # Safety
 /// `relation` is open and locked as the write needs (RowExclusiveLock); `write` may call
 /// PostgreSQL (errors unwind as PostgreSQL's).
 pub unsafe fn as_result_relation(
     relation: pg_sys::Relation,
+    updated: &[usize],
     write: impl FnOnce(*mut pg_sys::ResultRelInfo, *mut pg_sys::EState),
 ) {
     // SAFETY: the caller's contract.
     unsafe {
+        let attached = evaluates_attached_code(relation);
+        if attached {
+            crate::definer::pin_search_path();
+        }
         let estate = pg_sys::CreateExecutorState();
         // An error here aborts the (sub)transaction, and PostgreSQL's abort restores the
         // current memory context, as after any error.
@@ -114,14 +126,122 @@ pub unsafe fn as_result_relation(
             rte.relid = (*(*relation).rd_rel).oid;
             rte.relkind = pg_sys::RELKIND_RELATION as _;
             rte.rellockmode = pg_sys::RowExclusiveLock as _;
-            internals::init_range_table(estate, rte.into_pg());
+            internals::init_range_table(estate, rte.into_pg(), updated);
             let info = PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
             pg_sys::InitResultRelInfo(info, relation, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(info, false);
+            if attached {
+                reread_index_expressions(info);
+            }
             write(info, estate);
             pg_sys::ExecCloseIndices(info);
         });
         pg_sys::FreeExecutorState(estate);
+    }
+}
+
+/// Whether writing a row of `relation` below the executor makes PostgreSQL run code that someone
+/// attached to the table: a CHECK constraint, a generated column, an index on an expression or
+/// with a predicate, or an index whose operator classes are not built in (their support functions
+/// compare the keys). Such code resolves unqualified names through search_path, and here it runs
+/// with the extension owner's rights. The one place that decides it, for every direct write.
+///
+/// # Safety
+/// `relation` is open.
+pub unsafe fn evaluates_attached_code(relation: pg_sys::Relation) -> bool {
+    // SAFETY: the caller's contract; catalog reads, each tuple released before the next.
+    unsafe {
+        let constraints = (*(*relation).rd_att).constr;
+        if !constraints.is_null()
+            && ((*constraints).num_check > 0 || internals::has_generated_columns(constraints))
+        {
+            return true;
+        }
+        let indexes = pg_sys::RelationGetIndexList(relation);
+        let attached =
+            (0..pg_sys::list_length(indexes)).any(|i| index_evaluates_code(pg_sys::list_nth_oid(indexes, i)));
+        pg_sys::list_free(indexes);
+        attached
+    }
+}
+
+/// Whether index `index` evaluates code of anyone's on an insert: expressions, a predicate, or an
+/// operator class created after initdb (a built-in one has built-in support functions).
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn index_evaluates_code(index: pg_sys::Oid) -> bool {
+    // SAFETY: the caller's contract; the tuple is released before returning, the class vector
+    // read while it is held.
+    unsafe {
+        let tuple =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::INDEXRELID as _, pg_sys::Datum::from(index));
+        if tuple.is_null() {
+            return true;
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_index>(tuple);
+        let has = |attribute: u32| !pg_sys::heap_attisnull(tuple, attribute as _, std::ptr::null_mut());
+        let mut null = false;
+        let classes = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::INDEXRELID as _,
+            tuple,
+            pg_sys::Anum_pg_index_indclass as _,
+            &mut null,
+        );
+        let classes = classes.cast_mut_ptr::<pg_sys::oidvector>();
+        let foreign_class = null
+            || (*classes)
+                .values
+                .as_slice(form.indnkeyatts as usize)
+                .iter()
+                .any(|class| class.to_u32() >= pg_sys::FirstNormalObjectId);
+        let evaluates =
+            has(pg_sys::Anum_pg_index_indexprs) || has(pg_sys::Anum_pg_index_indpred) || foreign_class;
+        pg_sys::ReleaseSysCache(tuple);
+        evaluates
+    }
+}
+
+/// Replaces the expressions and predicates the executor state's indexes were opened with (from
+/// this backend's relation cache) by the catalog's own, to be planned when first evaluated.
+///
+/// # Safety
+/// `info` is a result relation whose indexes `ExecOpenIndices` opened, in the executor state's
+/// memory context.
+unsafe fn reread_index_expressions(info: *mut pg_sys::ResultRelInfo) {
+    // SAFETY: the caller's contract; each catalog tuple is released before the next, and the
+    // node trees are allocated in the current (executor) memory context.
+    unsafe {
+        for i in 0..(*info).ri_NumIndices as usize {
+            let index = *(*info).ri_IndexRelationDescs.add(i);
+            let index_info = *(*info).ri_IndexRelationInfo.add(i);
+            let tuple = pg_sys::SearchSysCache1(
+                pg_sys::SysCacheIdentifier::INDEXRELID as _,
+                pg_sys::Datum::from((*(*index).rd_rel).oid),
+            );
+            if tuple.is_null() {
+                continue;
+            }
+            let tree = |attribute: u32| {
+                let mut null = false;
+                let text = pg_sys::SysCacheGetAttr(
+                    pg_sys::SysCacheIdentifier::INDEXRELID as _,
+                    tuple,
+                    attribute as _,
+                    &mut null,
+                );
+                (!null).then(|| pg_sys::stringToNode(pg_sys::text_to_cstring(text.cast_mut_ptr())))
+            };
+            if let Some(expressions) = tree(pg_sys::Anum_pg_index_indexprs) {
+                (*index_info).ii_Expressions = expressions.cast();
+                (*index_info).ii_ExpressionsState = std::ptr::null_mut();
+            }
+            if let Some(predicate) = tree(pg_sys::Anum_pg_index_indpred) {
+                (*index_info).ii_Predicate = pg_sys::make_ands_implicit(predicate.cast());
+                (*index_info).ii_PredicateState = std::ptr::null_mut();
+            }
+            pg_sys::ReleaseSysCache(tuple);
+        }
     }
 }
 
@@ -161,7 +281,7 @@ pub unsafe fn direct_update(relation: pg_sys::Relation) -> bool {
         let form = &*(*relation).rd_rel;
         direct_write(relation, pg_sys::ACL_UPDATE)
             && (constraints.is_null()
-                || ((*constraints).num_check == 0 && !(*constraints).has_generated_stored))
+                || ((*constraints).num_check == 0 && !internals::has_generated_columns(constraints)))
             && !form.relispartition
             && form.relam == pg_sys::HEAP_TABLE_AM_OID
     }

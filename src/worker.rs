@@ -1,19 +1,23 @@
 //! The cleanup worker (SPEC §8), modelled on autovacuum's launcher and pg_cron: one launcher,
 //! registered only when session_ext is preloaded and connected to no database, starts a
-//! short-lived worker in a database of `session_ext.database` when its cleanup is due (every
-//! `session_ext.cleanup_interval`) or refused creations wait to be audited there. That worker
-//! connects to the database, deletes what expired in short transactions of
-//! `session_ext.cleanup_batch_size` rows and writes the audit rows of the refusals, then exits.
-//! Between runs no process is connected to a served database, so it can be dropped, renamed or
-//! copied as a template.
+//! short-lived worker in a database when something is due there: its cleanup (every
+//! `session_ext.cleanup_interval`, for the databases of `session_ext.database`), refused
+//! creations to audit, or revocations of reused tokens' sessions to apply (`api::reuse`, in any
+//! database: at once when queued, every second while some wait for a row another transaction
+//! holds). That worker connects to the database, does that work in short transactions as the
+//! owner of session_ext's table, then exits. The launcher runs one worker at a time and waits for
+//! it, so the extension's processes are the launcher and at most one worker, whatever callers do;
+//! neither waits for anything a caller holds. Between runs no process is connected to a
+//! database, so it can be dropped, renamed or copied as a template.
 //!
 //! The launcher reloads settings on SIGHUP; both die promptly on SIGTERM (even while waiting for
 //! a lock). An error in a run is logged and counted in `session_stats()`, and the next run comes
 //! at the next interval. The postmaster restarts the launcher after a crash. It starts only once
 //! recovery has finished, so a hot standby runs none.
 
-use crate::api::cleanup;
+use crate::api::{cleanup, reuse};
 use crate::background::{self, catching, in_transaction};
+use crate::definer;
 use crate::events;
 use crate::internals;
 use crate::settings::{self, CLEANUP_BATCH_SIZE, CLEANUP_INTERVAL};
@@ -22,6 +26,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorke
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts};
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant};
 
@@ -30,19 +35,22 @@ const RESTART_AFTER: Duration = Duration::from_secs(10);
 
 /// Least time between two worker starts for one database when only refusals are due, so that
 /// refusals a worker could not take (its database vanished as it connected, or no worker slot
-/// was free) do not start workers in a tight loop.
+/// was free) do not start workers in a tight loop; also how often revocations parked behind a
+/// held row are retried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Registers the launcher; called from _PG_init while preloading.
+/// Least time between two worker starts for one database when revocations are queued: a run
+/// takes every one queued when it starts.
+const REVOCATION_GAP: Duration = Duration::from_millis(50);
+
+/// Registers the launcher; called from _PG_init while preloading. It runs even when
+/// `session_ext.database` names no database: revocations of reused tokens need it anywhere.
 pub fn register() {
     let named = settings::databases().len();
     if named > MAX_DATABASES {
         warning!("session_ext.database names {named} databases; the cleanup worker serves the first {MAX_DATABASES}");
     }
     shmem::request();
-    if shmem::served().is_empty() {
-        return;
-    }
     BackgroundWorkerBuilder::new("session_ext launcher")
         .set_type("session_ext launcher")
         .set_library("session_ext")
@@ -76,8 +84,10 @@ pub extern "C-unwind" fn session_ext_launcher(_argument: pg_sys::Datum) {
     for database in &served {
         database.look_up();
     }
+    let mut others = Others::default();
     // The workers' handles, allocated here and freed after each run: nothing else frees them.
-    let mut handles = PgMemoryContexts::new("session_ext worker handles");
+    let mut handles =
+        Launched { context: PgMemoryContexts::new("session_ext worker handles"), short_of_slots: false };
 
     loop {
         // SAFETY: set by the SIGHUP handler; reading the file is what the handler asks for.
@@ -88,18 +98,145 @@ pub extern "C-unwind" fn session_ext_launcher(_argument: pg_sys::Datum) {
             }
         }
         let interval = Duration::from_secs(CLEANUP_INTERVAL.get() as u64);
+        let revocations = Revocations::now();
         let mut ran = false;
         for database in &mut served {
-            ran |= database.serve(interval, &mut handles);
+            ran |= database.serve(interval, &revocations, &mut handles);
         }
-        // A run's wait resets the latch: look again before sleeping, or a refusal queued
-        // meanwhile would wait for the next timeout.
+        let served_oids: Vec<u32> = served.iter().filter_map(Served::oid).collect();
+        ran |= others.serve(&served_oids, &revocations, &mut handles);
+        // A run's wait resets the latch: look again before sleeping, or a refusal or revocation
+        // queued meanwhile would wait for the next timeout.
         if !ran {
-            let next = served.iter().filter_map(|s| s.next_due(interval)).min();
+            let now = Instant::now();
+            let next = served
+                .iter()
+                .filter_map(|s| s.next_due(interval, &revocations, now))
+                .chain(others.next_due(&served_oids, &revocations, now))
+                .min();
             let timeout =
                 next.map_or(-1, |at| at.saturating_duration_since(Instant::now()).as_millis() as i64);
             wait(timeout);
         }
+    }
+}
+
+/// The databases with revocations to apply, as the launcher saw them at the top of its loop:
+/// queued ones (and whether any is new), and those parked in a table.
+struct Revocations {
+    queued: Vec<(u32, bool)>,
+    parked: Vec<u32>,
+}
+
+impl Revocations {
+    fn now() -> Self {
+        Self { queued: shmem::databases_with_revocations(), parked: shmem::parked_databases() }
+    }
+
+    /// When revocations are next due in database `oid`, whose worker last started at
+    /// `last_start` (`now` if it never did).
+    fn due(&self, oid: u32, last_start: Option<Instant>, now: Instant) -> Option<Instant> {
+        let at = |gap: Duration| last_start.map_or(now, |last| last + gap);
+        // Those a worker tried and left (it failed) are retried as parked ones are.
+        let queued = self.queued.iter().find(|(queued, _)| *queued == oid).map(|(_, new)| match new {
+            true => at(REVOCATION_GAP),
+            false => at(RETRY_AFTER),
+        });
+        let parked = self.parked.contains(&oid).then(|| at(RETRY_AFTER));
+        queued.into_iter().chain(parked).min()
+    }
+
+    fn databases(&self) -> impl Iterator<Item = u32> + '_ {
+        self.queued.iter().map(|(oid, _)| *oid).chain(self.parked.iter().copied())
+    }
+}
+
+/// The workers the launcher starts: their handles' memory, and whether the last start found no
+/// free slot (warned once, until one starts again).
+struct Launched {
+    context: PgMemoryContexts,
+    short_of_slots: bool,
+}
+
+impl Launched {
+    /// Starts a worker for `task`, named after database `name`, and waits until it exits;
+    /// returns whether one ran. Without a free slot, it warns (once until a start succeeds).
+    fn run(&mut self, task: Task, name: &str) -> bool {
+        // SAFETY: the context lives as long as the launcher; the handle is used only below.
+        let started = unsafe { self.context.switch_to(|_| task.builder(name).load_dynamic()) };
+        let Ok(worker) = started else {
+            if !self.short_of_slots {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!("session_ext could not start a worker for database \"{name}\": no background worker slot is free"),
+                    "session_ext launcher",
+                )
+                .set_detail("It tries again when the next run is due; revocations of reused tokens wait, and are honoured, meanwhile.")
+                .set_hint("Raise max_worker_processes (it takes a restart); the launcher, each running worker, parallel queries and other extensions share its slots.")
+                .report(PgLogLevel::WARNING);
+            }
+            self.short_of_slots = true;
+            return false;
+        };
+        self.short_of_slots = false;
+        // Returns on SIGTERM through CHECK_FOR_INTERRUPTS, which ends the launcher.
+        let shutdown = worker.wait_for_shutdown();
+        // SAFETY: the handle was consumed by the wait; nothing else lives in the context.
+        unsafe { self.context.reset() };
+        if let Err(BackgroundWorkerStatus::PostmasterDied) = shutdown {
+            // SAFETY: what WL_EXIT_ON_PM_DEATH would do at the next wait.
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        true
+    }
+}
+
+/// Databases outside `session_ext.database` with revocations to apply, and when the launcher
+/// last started a worker in each.
+#[derive(Default)]
+struct Others {
+    last_start: HashMap<u32, Instant>,
+}
+
+impl Others {
+    /// Runs a worker in each database whose revocations are due; returns whether one ran.
+    fn serve(&mut self, served: &[u32], revocations: &Revocations, launched: &mut Launched) -> bool {
+        let now = Instant::now();
+        let mut ran = false;
+        for oid in revocations.databases().filter(|oid| !served.contains(oid)).collect::<Vec<_>>() {
+            let last_start = self.last_start.get(&oid).copied();
+            if revocations.due(oid, last_start, now).is_none_or(|at| at > now) {
+                continue;
+            }
+            self.last_start.insert(oid, now);
+            match database_by_oid(pg_sys::Oid::from(oid)) {
+                // Gone: nobody can revoke, nor log in, there.
+                None => {
+                    shmem::discard_revocations(oid);
+                    shmem::parked_rows_changed(oid, false);
+                }
+                Some((name, true)) => {
+                    let task = Task { slot: None, database: pg_sys::Oid::from(oid), clean: false };
+                    let started = launched.run(task, &name);
+                    if !started {
+                        shmem::settle_revocations(oid, &[]);
+                    }
+                    ran |= started;
+                }
+                // Closed to connections: tried again later.
+                Some((_, false)) => shmem::settle_revocations(oid, &[]),
+            }
+        }
+        self.last_start.retain(|oid, _| revocations.databases().any(|d| d == *oid));
+        ran
+    }
+
+    fn next_due(&self, served: &[u32], revocations: &Revocations, now: Instant) -> Option<Instant> {
+        revocations
+            .databases()
+            .filter(|oid| !served.contains(oid))
+            .filter_map(|oid| revocations.due(oid, self.last_start.get(&oid).copied(), now))
+            .min()
     }
 }
 
@@ -117,13 +254,18 @@ struct Served {
     last_cleanup: Option<Instant>,
     /// When a worker was last started, or failed to start, for it.
     last_start: Option<Instant>,
-    /// No worker slot was free at the last start (warned once, until one starts again).
-    short_of_slots: bool,
 }
 
 impl Served {
     fn new((slot, name): (usize, String)) -> Self {
-        Self { slot, name, last_cleanup: None, last_start: None, short_of_slots: false }
+        Self { slot, name, last_cleanup: None, last_start: None }
+    }
+
+    /// Its OID, once looked up and while it exists.
+    fn oid(&self) -> Option<u32> {
+        let oid =
+            shmem::snapshot().expect("the launcher runs only when preloaded").workers[self.slot].database_oid;
+        (oid != 0).then_some(oid)
     }
 
     /// The database's OID, or none when it does not exist or does not allow connections
@@ -159,28 +301,24 @@ impl Served {
         servable.then_some(oid)
     }
 
-    /// Whether refused creations wait for a worker in this database.
-    fn refusals_queued(&self) -> bool {
-        let oid =
-            shmem::snapshot().expect("the launcher runs only when preloaded").workers[self.slot].database_oid;
-        oid != 0 && shmem::has_refusals(oid)
-    }
-
-    /// When something is next due here: its cleanup, or (not before [`RETRY_AFTER`]) refusals.
-    fn next_due(&self, interval: Duration) -> Option<Instant> {
-        let now = Instant::now();
+    /// When something is next due here (`now` for what is due already): its cleanup, refusals
+    /// (not before [`RETRY_AFTER`]), or revocations.
+    fn next_due(&self, interval: Duration, revocations: &Revocations, now: Instant) -> Option<Instant> {
         let cleanup = (!interval.is_zero()).then(|| self.last_cleanup.map_or(now, |last| last + interval));
-        let refusals = self.refusals_queued().then(|| self.last_start.map_or(now, |last| last + RETRY_AFTER));
-        cleanup.into_iter().chain(refusals).min()
+        let oid = self.oid();
+        let refusals = oid
+            .filter(|oid| shmem::has_refusals(*oid))
+            .map(|_| self.last_start.map_or(now, |last| last + RETRY_AFTER));
+        let revoking = oid.and_then(|oid| revocations.due(oid, self.last_start, now));
+        cleanup.into_iter().chain(refusals).chain(revoking).min()
     }
 
     /// Runs a worker in this database if something is due, and waits until it exits; returns
     /// whether one ran.
-    fn serve(&mut self, interval: Duration, handles: &mut PgMemoryContexts) -> bool {
+    fn serve(&mut self, interval: Duration, revocations: &Revocations, launched: &mut Launched) -> bool {
         let now = Instant::now();
         let clean = !interval.is_zero() && self.last_cleanup.is_none_or(|last| now >= last + interval);
-        let refusals = self.refusals_queued() && self.last_start.is_none_or(|last| now >= last + RETRY_AFTER);
-        if !clean && !refusals {
+        if !clean && self.next_due(interval, revocations, now).is_none_or(|at| at > now) {
             return false;
         }
         if clean {
@@ -190,63 +328,54 @@ impl Served {
             return false;
         };
         self.last_start = Some(now);
-        let task = Task { slot: self.slot, database, clean };
-        // SAFETY: the context lives as long as the launcher; the handle is used only below.
-        let started = unsafe { handles.switch_to(|_| task.builder(&self.name).load_dynamic()) };
-        let Ok(worker) = started else {
-            if !self.short_of_slots {
-                ErrorReport::new(
-                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                    format!(
-                        "session_ext could not start a cleanup worker for database \"{}\": no background worker slot is free",
-                        self.name
-                    ),
-                    "session_ext launcher",
-                )
-                .set_detail("It tries again when the next run is due.")
-                .set_hint("Raise max_worker_processes (it takes a restart); the launcher, each running worker, parallel queries and other extensions share its slots.")
-                .report(PgLogLevel::WARNING);
-            }
-            self.short_of_slots = true;
-            return false;
-        };
-        self.short_of_slots = false;
-        // Returns on SIGTERM through CHECK_FOR_INTERRUPTS, which ends the launcher.
-        let shutdown = worker.wait_for_shutdown();
-        // SAFETY: the handle was consumed by the wait; nothing else lives in the context.
-        unsafe { handles.reset() };
-        if let Err(BackgroundWorkerStatus::PostmasterDied) = shutdown {
-            // SAFETY: what WL_EXIT_ON_PM_DEATH would do at the next wait.
-            unsafe { pg_sys::proc_exit(1) };
+        let started = launched.run(Task { slot: Some(self.slot), database, clean }, &self.name);
+        if !started {
+            shmem::settle_revocations(database.to_u32(), &[]);
         }
-        true
+        started
     }
 }
 
-/// The OID of database `name` and whether it allows connections, if there is one. It scans
-/// pg_database's heap, as autovacuum's launcher does: a process connected to no database cannot open the shared catalogs' indexes
-/// (`get_database_oid` fails there with "cannot read pg_class without having selected a
-/// database").
+/// The OID of database `name` and whether it allows connections, if there is one.
 fn database(name: &CStr) -> Option<(pg_sys::Oid, bool)> {
+    let (attribute, equal) = (pg_sys::Anum_pg_database_datname, pg_sys::F_NAMEEQ);
+    // SAFETY: `name` outlives the scan.
+    let key = pg_sys::Datum::from(name.as_ptr());
+    find_database(attribute, equal, pg_sys::DatabaseNameIndexId, key).map(|(oid, _, allowed)| (oid, allowed))
+}
+
+/// The name of database `oid` and whether it allows connections, if there is one.
+fn database_by_oid(oid: pg_sys::Oid) -> Option<(String, bool)> {
+    let (attribute, equal) = (pg_sys::Anum_pg_database_oid, pg_sys::F_OIDEQ);
+    find_database(attribute, equal, pg_sys::DatabaseOidIndexId, pg_sys::Datum::from(oid))
+        .map(|(_, name, allowed)| (name, allowed))
+}
+
+/// The database whose `attribute` equals `key` (compared by `equal`, as the catalog's own lookups
+/// compare it): its OID, name and whether it allows connections. It scans pg_database's heap, as
+/// autovacuum's launcher does: a process connected to no database cannot open the shared
+/// catalogs' indexes (`get_database_oid` fails there with "cannot read pg_class without having
+/// selected a database").
+fn find_database(
+    attribute: u32,
+    equal: u32,
+    index: u32,
+    key: pg_sys::Datum,
+) -> Option<(pg_sys::Oid, String, bool)> {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    // SAFETY: a catalog scan in a transaction of its own, its key compared with `name` (which
-    // outlives the scan) by `nameeq`, as `get_database_oid` compares it.
+    // SAFETY: a catalog scan in a transaction of its own, with a key of the attribute's type.
     in_transaction(|| unsafe {
         let catalog = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
-        let mut key = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            pg_sys::Anum_pg_database_datname as _,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(pg_sys::F_NAMEEQ),
-            pg_sys::Datum::from(name.as_ptr()),
-        );
-        let index = pg_sys::Oid::from(pg_sys::DatabaseNameIndexId);
-        let scan = pg_sys::systable_beginscan(catalog, index, false, std::ptr::null_mut(), 1, &mut key);
+        let mut scan_key = pg_sys::ScanKeyData::default();
+        let strategy = pg_sys::BTEqualStrategyNumber as _;
+        pg_sys::ScanKeyInit(&mut scan_key, attribute as _, strategy, pg_sys::Oid::from(equal), key);
+        let index = pg_sys::Oid::from(index);
+        let scan = pg_sys::systable_beginscan(catalog, index, false, std::ptr::null_mut(), 1, &mut scan_key);
         let tuple = pg_sys::systable_getnext(scan);
         let found = (!tuple.is_null()).then(|| {
             let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-            (form.oid, form.datallowconn)
+            let name = CStr::from_ptr(form.datname.data.as_ptr()).to_string_lossy().into_owned();
+            (form.oid, name, form.datallowconn)
         });
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(catalog, lock);
@@ -257,24 +386,29 @@ fn database(name: &CStr) -> Option<(pg_sys::Oid, bool)> {
 /// What the launcher asks of one worker, passed to it as its argument.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Task {
-    /// The database's index in shared memory's state.
-    slot: usize,
+    /// The database's index in shared memory's state, for a database of `session_ext.database`.
+    slot: Option<usize>,
     database: pg_sys::Oid,
-    /// Run the cleanup, not only write the refusals.
+    /// Run the cleanup, not only write the refusals and apply the revocations.
     clean: bool,
 }
+
+/// The slot number of a task without one.
+const NO_SLOT: usize = (1 << 31) - 1;
 
 impl Task {
     /// The OID in the high 32 bits, the slot in bits 1 to 31, `clean` in bit 0.
     fn into_datum(self) -> pg_sys::Datum {
-        let packed = (self.database.to_u32() as usize) << 32 | self.slot << 1 | usize::from(self.clean);
+        let slot = self.slot.unwrap_or(NO_SLOT);
+        let packed = (self.database.to_u32() as usize) << 32 | slot << 1 | usize::from(self.clean);
         pg_sys::Datum::from(packed)
     }
 
     fn from_datum(datum: pg_sys::Datum) -> Self {
         let packed = datum.value();
+        let slot = (packed & 0xFFFF_FFFF) >> 1;
         Task {
-            slot: (packed & 0xFFFF_FFFF) >> 1,
+            slot: (slot != NO_SLOT).then_some(slot),
             database: pg_sys::Oid::from((packed >> 32) as u32),
             clean: packed & 1 == 1,
         }
@@ -295,24 +429,40 @@ impl Task {
     }
 }
 
-/// One run in one database, started by the launcher: writes the queued refusals, cleans when
-/// asked to, and exits.
+/// One run in one database, started by the launcher: writes the queued refusals, applies the
+/// revocations, cleans when asked to, and exits.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn session_ext_cleanup_worker(argument: pg_sys::Datum) {
     let task = Task::from_datum(argument);
     background::connect(task.database, c"session_ext cleanup");
-    // SAFETY: backend globals, and an exit callback taking a plain integer.
-    unsafe {
-        let pid = pg_sys::MyProcPid;
-        shmem::update_worker(task.slot, |w| w.pid = pid);
-        pg_sys::before_shmem_exit(Some(worker_exit), pg_sys::Datum::from(task.slot));
-    }
-    let database = shmem::snapshot().expect("workers run only when preloaded").workers[task.slot].database();
+    let database = match task.slot {
+        Some(slot) => {
+            // SAFETY: backend globals, and an exit callback taking a plain integer.
+            unsafe {
+                let pid = pg_sys::MyProcPid;
+                shmem::update_worker(slot, |w| w.pid = pid);
+                pg_sys::before_shmem_exit(Some(worker_exit), pg_sys::Datum::from(slot));
+            }
+            shmem::snapshot().expect("workers run only when preloaded").workers[slot].database()
+        }
+        None => task.database.to_u32().to_string(),
+    };
     let worker = Worker { slot: task.slot, database };
-    worker.write_refusals(task.database);
+    if !worker.installed() {
+        // Revocations of a database whose extension was dropped since: nothing left to revoke.
+        shmem::discard_revocations(task.database.to_u32());
+        return;
+    }
+    // Refusals are audited where the worker cleans (their queue keeps the others' until it drops them).
+    if task.slot.is_some() {
+        worker.write_refusals(task.database);
+    }
+    reuse::apply_in_background(task.database.to_u32());
     if task.clean {
         worker.run();
+        // Those queued while it cleaned.
+        reuse::apply_in_background(task.database.to_u32());
     }
 }
 
@@ -335,30 +485,17 @@ unsafe extern "C-unwind" fn worker_exit(_code: i32, slot: pg_sys::Datum) {
     shmem::update_worker(slot.value(), |w| w.stopped());
 }
 
-/// A worker connected to the database of `slot`.
+/// A worker connected to one database: of `session_ext.database` (its `slot`), or one where only
+/// revocations are due.
 struct Worker {
-    slot: usize,
+    slot: Option<usize>,
     database: String,
 }
 
 impl Worker {
-    /// One cleanup run. An error ends the run, not the launcher: the transaction is rolled back,
-    /// the error logged and counted, and the next interval brings the next run.
-    fn run(&self) {
-        let started = now();
-        shmem::update_worker(self.slot, |w| w.run_started(started));
-        report_activity(pg_sys::BackendState::STATE_RUNNING, Some(c"session_ext cleanup"));
-        match catching(|| self.delete_expired()) {
-            Ok(deleted) => shmem::update_worker(self.slot, |w| w.run_succeeded(now(), deleted)),
-            Err(message) => {
-                log!("session_ext cleanup of database \"{}\" failed: {message}", self.database);
-                shmem::update_worker(self.slot, |w| w.run_failed(now(), &message));
-            }
-        }
-        report_activity(pg_sys::BackendState::STATE_IDLE, None);
-    }
-
-    fn delete_expired(&self) -> i64 {
+    /// Whether session_ext is installed here; a served database without it is reported once (in
+    /// shared memory: each run is a new process).
+    fn installed(&self) -> bool {
         let installed = in_transaction(|| {
             Spi::get_one::<bool>(
                 "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'session_ext')",
@@ -367,22 +504,42 @@ impl Worker {
             .flatten()
                 == Some(true)
         });
-        // Kept in shared memory: each run is a new process, and the database is reported once.
-        let reported =
-            shmem::update_worker(self.slot, |w| std::mem::replace(&mut w.not_installed, !installed));
-        if !installed {
-            if !reported {
+        if let Some(slot) = self.slot {
+            let reported =
+                shmem::update_worker(slot, |w| std::mem::replace(&mut w.not_installed, !installed));
+            if !installed && !reported {
                 log!(
                     "session_ext is not installed in database \"{}\"; its cleanup worker waits for CREATE EXTENSION session_ext",
                     self.database
                 );
             }
-            return 0;
         }
+        installed
+    }
+
+    /// One cleanup run. An error ends the run, not the launcher: the transaction is rolled back,
+    /// the error logged and counted, and the next interval brings the next run.
+    fn run(&self) {
+        let Some(slot) = self.slot else { return };
+        let started = now();
+        shmem::update_worker(slot, |w| w.run_started(started));
+        report_activity(pg_sys::BackendState::STATE_RUNNING, Some(c"session_ext cleanup"));
         let batch = CLEANUP_BATCH_SIZE.get();
-        cleanup::run_passes(batch, |pass, cursor| {
-            in_transaction(|| Spi::connect(|client| pass.run_batch(client, batch, cursor)))
-        })
+        let deleted = catching(|| {
+            cleanup::run_passes(batch, |pass, cursor| {
+                in_transaction(|| {
+                    definer::in_background(|| Spi::connect(|client| pass.run_batch(client, batch, cursor)))
+                })
+            })
+        });
+        match deleted {
+            Ok(deleted) => shmem::update_worker(slot, |w| w.run_succeeded(now(), deleted)),
+            Err(message) => {
+                log!("session_ext cleanup of database \"{}\" failed: {message}", self.database);
+                shmem::update_worker(slot, |w| w.run_failed(now(), &message));
+            }
+        }
+        report_activity(pg_sys::BackendState::STATE_IDLE, None);
     }
 
     /// Writes the audit rows of creations refused in this database (OID `database`) since the
@@ -394,7 +551,9 @@ impl Worker {
         }
         let written = catching(|| {
             in_transaction(|| {
-                Spi::connect(|client| refusals.iter().for_each(|r| events::record_refusal(client, r)))
+                definer::in_background(|| {
+                    Spi::connect(|client| refusals.iter().for_each(|r| events::record_refusal(client, r)))
+                })
             })
         });
         if let Err(message) = written {
@@ -422,8 +581,9 @@ mod unit_tests {
     #[test]
     fn a_task_survives_its_datum() {
         for task in [
-            Task { slot: 0, database: Oid::from(5), clean: true },
-            Task { slot: 15, database: Oid::from(u32::MAX), clean: false },
+            Task { slot: Some(0), database: Oid::from(5), clean: true },
+            Task { slot: Some(15), database: Oid::from(u32::MAX), clean: false },
+            Task { slot: None, database: Oid::from(16_384), clean: false },
         ] {
             assert_eq!(Task::from_datum(task.into_datum()), task);
         }

@@ -11,7 +11,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Transaction};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const CLUSTER: &str = "lifecycle";
@@ -232,9 +232,9 @@ fn a_rotation_waiting_for_a_concurrent_one_gets_the_same_new_token() {
     assert!(active, "a race is not a reuse: the session stays");
 }
 
-/// Two requests of one session whose activity is due: the second waits for the first's write,
-/// then finds the row changed under it and takes the session as the first left it, writing
-/// nothing of its own (read committed).
+/// Two requests of one session whose activity is due, the second's transaction begun before the
+/// first's write committed: it finds the activity recorded and takes the session as the first left
+/// it, writing nothing of its own (read committed).
 #[test]
 fn a_validation_racing_another_activity_write_returns_the_session_and_writes_once() {
     let (mut api, mut admin, db) = fresh(CLUSTER);
@@ -304,9 +304,10 @@ fn a_validation_racing_another_write_still_records_its_activity() {
 }
 
 /// Repeatable read: a validation whose snapshot predates another transaction's activity write of
-/// the same session gets 40001, as an UPDATE of the row would.
+/// the same session returns the session as its snapshot shows it, writing nothing: the activity
+/// write is optional, and the other transaction recorded it.
 #[test]
-fn a_repeatable_read_validation_after_a_concurrent_activity_write_gets_40001() {
+fn a_repeatable_read_validation_after_a_concurrent_activity_write_returns_the_session() {
     let (_, mut admin, db) = fresh(CLUSTER);
     let (id, token) = session_of(&mut admin, ALICE);
     admin
@@ -319,9 +320,76 @@ fn a_repeatable_read_validation_after_a_concurrent_activity_write_gets_40001() {
     let mut tx =
         late.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
     tx.execute("SELECT 1", &[]).unwrap();
-    admin.query_one("SELECT session_ext.validate_session($1)", &[&token]).unwrap();
-    let result = tx.query_one("SELECT session_ext.validate_session($1)", &[&token]).map(|_| ());
-    assert_eq!(sqlstate(result), "40001");
+    let written: String = admin
+        .query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&token])
+        .unwrap()
+        .get(0);
+    let seen: Option<String> = tx
+        .query_one("SELECT (session_ext.validate_session($1)).last_active_at::text", &[&token])
+        .unwrap()
+        .get(0);
+    assert!(seen.is_some_and(|seen| seen < written), "the session as the snapshot shows it");
+    tx.commit().unwrap();
+    let stored: String = admin
+        .query_one("SELECT last_active_at::text FROM session_ext.user_sessions WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, written, "one write");
+}
+
+/// A request of a session whose row another request holds (its activity write, in a request still
+/// running; a data update left open) returns at once with the session, under a lock_timeout that
+/// any wait would exceed: validate_session, current_session and require_session alike. The
+/// holder records the activity.
+#[test]
+fn a_request_never_waits_for_another_request_holding_its_session_row() {
+    let (_, mut admin, db) = fresh(CLUSTER);
+    let (id, token) = session_of(&mut admin, ALICE);
+    let cluster = shared_cluster(CLUSTER);
+    let claims_of_session = format!(r#"{{"sub":"{ALICE}","role":"authenticated","session_id":"{id}"}}"#);
+    let mut api = cluster.connect("authenticator", &db);
+    for holding in ["validate_session", "update_session_data"] {
+        admin
+            .execute(
+                "UPDATE session_ext.user_sessions SET last_active_at = now() - interval '10 min' WHERE id = $1",
+                &[&id],
+            )
+            .unwrap();
+        let mut holder_client = cluster.connect("authenticator", &db);
+        let mut holder = begin_request(&mut holder_client, "authenticated", &claims(ALICE)).unwrap();
+        let held_at: String = holder.query_one("SELECT now()::text", &[]).unwrap().get(0);
+        match holding {
+            "validate_session" => holder.query_one("SELECT session_ext.validate_session($1)", &[&token]),
+            _ => holder.query_one("SELECT session_ext.update_session_data($1, '{\"tab\": 2}')", &[&id]),
+        }
+        .unwrap();
+        for call in [
+            "SELECT (session_ext.validate_session($1)).id",
+            "SELECT (session_ext.current_session()).id WHERE $1::text IS NOT NULL",
+            "SELECT (session_ext.require_session()).id WHERE $1::text IS NOT NULL",
+        ] {
+            let mut tx = begin_request(&mut api, "authenticated", &claims_of_session).unwrap();
+            tx.batch_execute("SET LOCAL lock_timeout = '200ms'").unwrap();
+            let started = Instant::now();
+            let found: Option<Uuid> = tx.query_one(call, &[&token]).unwrap().get(0);
+            assert_eq!(found, Some(id), "{holding}: {call}");
+            assert!(
+                started.elapsed() < Duration::from_millis(200),
+                "{holding}: {call}: {:?}",
+                started.elapsed()
+            );
+            tx.commit().unwrap();
+        }
+        holder.commit().unwrap();
+        let recorded: bool = admin
+            .query_one(
+                "SELECT last_active_at = $2::text::timestamptz FROM session_ext.user_sessions WHERE id = $1",
+                &[&id, &held_at],
+            )
+            .unwrap()
+            .get(0);
+        assert!(recorded, "{holding}: the holder recorded the activity");
+    }
 }
 
 /// A token that was never issued, shaped like one.

@@ -1,19 +1,22 @@
-//! Token rotation as real clients meet it (SPEC §4 `rotate_session_token`): tabs and retries
+//! Token rotation as real clients meet it (SPEC §4 `rotate_session_token`, §8): tabs and retries
 //! racing a rotation converge on one token within `session_ext.rotation_grace`; any earlier token
 //! of the family revokes the session, once, with one notification; a reuse found by a request
-//! that then fails stays found, with session_ext preloaded and without it; a family's storage
-//! does not grow with its rotations.
+//! that then fails, or that finds the session's row held, stays found (with session_ext
+//! preloaded; without it, as far as the README says); a transaction parking reuses takes no
+//! worker slot; the server log never shows a token; a family's storage does not grow with its
+//! rotations.
 
 mod harness;
 
 use harness::{
-    begin_request, claims, eventually, fresh, request, session_of, shared_cluster, unpreloaded_cluster, ALICE,
+    begin_request, claims, eventually, fresh, request, session_of, shared_cluster, unpreloaded_cluster,
+    ALICE, BOB,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const CLUSTER: &str = "rotation";
@@ -183,7 +186,7 @@ fn a_reuse_found_by_a_failing_request_stays_found(
         check_revoked_by_the_caller(admin, listener, id, call);
     }
     // The request had written the session itself before the reuse (here: recorded activity), so
-    // a worker cannot revoke while the request runs; one waits for the request's end instead.
+    // the worker cannot revoke while the request runs; it does once the request is over.
     let (id, t0) = session_of(admin, ALICE);
     let t1 = rotate(api, &t0).unwrap();
     age_rotation(admin, id);
@@ -202,8 +205,10 @@ fn a_reuse_found_by_a_failing_request_stays_found(
     check_revoked_by_the_caller(admin, listener, id, "validate_session after touch_session");
 }
 
-/// Session `id` was revoked for a token reuse, with both events by the caller and notified.
+/// Session `id` was revoked for a token reuse (by the worker, within seconds), with both events
+/// by the caller and notified.
 fn check_revoked_by_the_caller(admin: &mut Client, listener: &mut Client, id: Uuid, call: &str) {
+    assert!(eventually(Duration::from_secs(5), || state(admin, id).0 == "token_reuse"), "{call}: revoked");
     let (reason, events) = state(admin, id);
     assert_eq!(
         (reason.as_str(), &events[2..]),
@@ -235,18 +240,221 @@ fn a_reuse_found_by_a_failing_request_stays_found_with_session_ext_preloaded() {
     a_reuse_found_by_a_failing_request_stays_found(&mut api, &mut admin, &mut listener);
 }
 
+/// Without preloading there is no queue and no worker (README, "reuse detection"): the request
+/// revokes in its own transaction, which keeps the revocation when it commits and loses it when it
+/// rolls back.
 #[test]
-fn a_reuse_found_by_a_failing_request_stays_found_without_preloading() {
+fn without_preloading_a_reuse_is_revoked_in_the_presenting_transaction() {
     let cluster = unpreloaded_cluster("rotation_unpreloaded");
     let db = cluster.fresh_database();
-    let (mut api, mut admin, mut listener) = (
-        cluster.connect("authenticator", &db),
-        cluster.connect("postgres", &db),
-        cluster.connect("postgres", &db),
-    );
+    let (mut api, mut admin) = (cluster.connect("authenticator", &db), cluster.connect("postgres", &db));
     let preloaded: String = admin.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
     assert!(!preloaded.contains("session_ext"));
-    a_reuse_found_by_a_failing_request_stays_found(&mut api, &mut admin, &mut listener);
+    for commit in [true, false] {
+        let (id, t0) = session_of(&mut admin, ALICE);
+        let t1 = rotate(&mut api, &t0).unwrap();
+        age_rotation(&mut admin, id);
+        let mut tx = begin_request(&mut api, "authenticated", &claims(ALICE)).unwrap();
+        let found: Option<String> =
+            tx.query_one("SELECT session_ext.validate_session($1)::text", &[&t0]).unwrap().get(0);
+        assert_eq!(found, None);
+        if commit {
+            tx.commit().unwrap();
+        } else {
+            drop(tx);
+        }
+        assert_eq!(validates(&mut api, &t1), !commit, "committed: {commit}");
+        let expected = if commit { "token_reuse" } else { "-" };
+        assert_eq!(state(&mut admin, id).0, expected, "committed: {commit}");
+    }
+}
+
+/// The reuses a transaction parks (its own sessions, rotated twice, their first tokens presented
+/// again, the transaction left open) take no worker slot: parallel queries get their workers, and
+/// another user's reuse, presented in a request that rolls back and in a read-only one, is still
+/// revoked by the launcher's worker. Once the parking transaction commits, its sessions are revoked.
+#[test]
+fn a_transaction_parking_reuses_takes_no_worker_slot_and_other_reuses_stay_revoked() {
+    let (mut api, mut admin, db) = fresh(CLUSTER);
+    let cluster = shared_cluster(CLUSTER);
+    admin
+        .batch_execute("CREATE TABLE wide AS SELECT i FROM generate_series(1, 200000) i; ANALYZE wide;")
+        .unwrap();
+    let mut parker = cluster.connect("authenticator", &db);
+    let mut parking = begin_request(&mut parker, "authenticated", &claims(BOB)).unwrap();
+    let parked = 12;
+    for _ in 0..parked {
+        let first: String = parking
+            .query_one(
+                "SELECT token FROM session_ext.create_user_session(user_id => $1::text::uuid, session_data => '{}')",
+                &[&BOB],
+            )
+            .unwrap()
+            .get(0);
+        let second: String = parking
+            .query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&first])
+            .unwrap()
+            .get(0);
+        parking.query_one("SELECT (session_ext.rotate_session_token($1)).token", &[&second]).unwrap();
+        let reused: Option<String> =
+            parking.query_one("SELECT session_ext.validate_session($1)::text", &[&first]).unwrap().get(0);
+        assert_eq!(reused, None, "the first token of a twice-rotated session is reuse");
+    }
+
+    let processes = "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'session_ext%'";
+    for _ in 0..5 {
+        let running: i64 = admin.query_one(processes, &[]).unwrap().get(0);
+        assert!(running <= 2, "the launcher and at most one worker, not {running}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    admin
+        .batch_execute(
+            "SET max_parallel_workers_per_gather = 4; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0;",
+        )
+        .unwrap();
+    let plan: serde_json::Value =
+        admin.query_one("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM wide", &[]).unwrap().get(0);
+    let (planned, launched) = gather(&plan).expect("a parallel plan");
+    assert_eq!((planned, launched), (4, 4), "a parallel query gets its workers");
+
+    // Another user's stolen token: presented in a request that rolls back, and in a read-only one.
+    for read_only in [false, true] {
+        let (id, t0) = session_of(&mut admin, ALICE);
+        let t1 = rotate(&mut api, &t0).unwrap();
+        age_rotation(&mut admin, id);
+        let mut tx = begin_request(&mut api, "authenticated", &claims(ALICE)).unwrap();
+        if read_only {
+            tx.batch_execute("SET TRANSACTION READ ONLY").unwrap();
+        }
+        let found: Option<String> =
+            tx.query_one("SELECT session_ext.validate_session($1)::text", &[&t0]).unwrap().get(0);
+        assert_eq!(found, None);
+        if read_only {
+            tx.commit().unwrap();
+        } else {
+            drop(tx);
+        }
+        assert!(!validates(&mut api, &t1), "read-only {read_only}: refused on the next request");
+        assert!(
+            eventually(Duration::from_secs(5), || state(&mut admin, id).0 == "token_reuse"),
+            "read-only {read_only}: the worker revoked it"
+        );
+    }
+
+    parking.commit().unwrap();
+    let revoked =
+        "SELECT count(*) FILTER (WHERE revoke_reason = 'token_reuse') FROM session_ext.user_sessions
+                    WHERE user_id = $1::text::uuid";
+    assert!(
+        eventually(Duration::from_secs(10), || admin.query_one(revoked, &[&BOB]).unwrap().get::<_, i64>(0)
+            == parked),
+        "once the parking transaction committed, each of its sessions was revoked"
+    );
+    let pending: i64 =
+        admin.query_one("SELECT count(*) FROM session_ext.pending_revocations", &[]).unwrap().get(0);
+    assert!(
+        eventually(Duration::from_secs(5), || admin
+            .query_one("SELECT count(*) FROM session_ext.pending_revocations", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0),
+        "nothing left pending ({pending} a moment ago)"
+    );
+}
+
+/// The workers an EXPLAIN (ANALYZE, FORMAT JSON) plan's Gather node planned and launched.
+fn gather(plan: &serde_json::Value) -> Option<(i64, i64)> {
+    match plan {
+        serde_json::Value::Object(node) => {
+            match (node.get("Workers Planned"), node.get("Workers Launched")) {
+                (Some(planned), Some(launched)) => Some((planned.as_i64()?, launched.as_i64()?)),
+                _ => node.values().find_map(gather),
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(gather),
+        _ => None,
+    }
+}
+
+/// A reuse presented while another request holds the session's row (a data update left open), by
+/// a request with a short statement_timeout: the call returns at once, the session is refused
+/// from then on, and the revocation lands once the row is free.
+#[test]
+fn a_reuse_presented_while_the_row_is_held_returns_at_once_and_lands_once_the_row_is_free() {
+    let (mut api, mut admin, db) = fresh(CLUSTER);
+    let cluster = shared_cluster(CLUSTER);
+    let (id, t0) = session_of(&mut admin, ALICE);
+    let t1 = rotate(&mut api, &t0).unwrap();
+    age_rotation(&mut admin, id);
+
+    let mut holder_client = cluster.connect("postgres", &db);
+    let mut holder = holder_client.transaction().unwrap();
+    holder.query_one("SELECT session_ext.update_session_data($1, '{\"held\": true}')", &[&id]).unwrap();
+
+    let mut tx = begin_request(&mut api, "authenticated", &claims(ALICE)).unwrap();
+    tx.batch_execute("SET LOCAL statement_timeout = '2500ms'").unwrap();
+    let started = Instant::now();
+    let found: Option<String> =
+        tx.query_one("SELECT session_ext.validate_session($1)::text", &[&t0]).unwrap().get(0);
+    assert_eq!(found, None);
+    assert!(started.elapsed() < Duration::from_secs(1), "returned at once: {:?}", started.elapsed());
+    drop(tx);
+    assert!(!validates(&mut api, &t1), "refused on the next request, while the row is held");
+    let active: bool = admin.query_one("SELECT session_ext.is_session_active($1)", &[&id]).unwrap().get(0);
+    assert!(!active, "is_session_active agrees");
+
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(state(&mut admin, id).0, "-", "not in the row while the row is held");
+    assert!(!validates(&mut api, &t1), "still refused after the worker found the row held");
+    let parked: i64 = admin
+        .query_one("SELECT count(*) FROM session_ext.pending_revocations WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, 1, "parked while the row is held");
+
+    holder.commit().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || state(&mut admin, id).0 == "token_reuse"),
+        "revoked once the row is free"
+    );
+    let (_, events) = state(&mut admin, id);
+    assert_eq!(&events[events.len() - 2..], &strings(&["token_reuse", "revoke"])[..]);
+    assert!(!validates(&mut api, &t1));
+}
+
+/// With PostgreSQL's default logging (log_min_error_statement = error, which logs a LOG line's
+/// statement too), neither session_ext's LOG line on a reuse nor its errors put the statement, and
+/// the token a simple-query client sent in it, into the server log.
+#[test]
+fn the_server_log_never_shows_a_token() {
+    let (mut api, mut admin, _) = fresh(CLUSTER);
+    let setting: String = admin.query_one("SHOW log_min_error_statement", &[]).unwrap().get(0);
+    assert_eq!(setting, "error", "PostgreSQL's default");
+    let (id, t0) = session_of(&mut admin, ALICE);
+    let t1 = rotate(&mut api, &t0).unwrap();
+    age_rotation(&mut admin, id);
+    // Simple query protocol: the statement text carries the tokens.
+    api.batch_execute(&format!(
+        "BEGIN; SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', '{}', true);
+         SELECT session_ext.validate_session('{t0}'); COMMIT;",
+        claims(ALICE)
+    ))
+    .unwrap();
+    let refused = api.batch_execute(&format!(
+        "BEGIN; SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', '{}', true);
+         SELECT session_ext.create_user_session(session_token => '{t1}'); COMMIT;",
+        claims(ALICE)
+    ));
+    assert!(refused.is_err(), "a client's token already in use is refused");
+    api.batch_execute("ROLLBACK").unwrap();
+    let log_line = format!("an earlier token of session {id} was presented again");
+    let log = || std::fs::read_to_string(shared_cluster(CLUSTER).dir.join("server.log")).unwrap();
+    assert!(eventually(Duration::from_secs(5), || log().contains(&log_line)), "the reuse is logged");
+    assert!(log().contains("session_token is already in use"), "the error is logged");
+    for token in [&t0, &t1] {
+        assert!(!log().contains(token.as_str()), "no token in the server log");
+    }
 }
 
 #[test]

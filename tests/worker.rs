@@ -351,6 +351,48 @@ fn a_database_closed_to_connections_is_reported_once_and_cleaned_again_when_open
     assert!(since().contains("\"closed\" can be cleaned again"), "{}", since());
 }
 
+/// A project handed session_ext's tables to an app owner, which added a delete trigger: the
+/// worker's cleanup fires it as that owner (as autovacuum runs table-owner code as the owner), so
+/// the owner cannot borrow the worker's superuser rights.
+#[test]
+fn the_worker_runs_a_table_owners_trigger_as_that_owner() {
+    let (cluster, mut client) = preloaded("worker_owner", "1s", &[]);
+    client
+        .batch_execute(
+            "CREATE ROLE app_owner LOGIN BYPASSRLS;
+             GRANT USAGE ON SCHEMA session_ext TO app_owner;
+             GRANT CREATE ON SCHEMA public TO app_owner;
+             GRANT ALL ON session_ext.session_audit_log, session_ext.session_audit_log_id_seq TO app_owner;
+             ALTER TABLE session_ext.user_sessions OWNER TO app_owner;",
+        )
+        .unwrap();
+    let mut owner = cluster.connect("app_owner", "postgres");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.fired (who text);
+             CREATE FUNCTION public.on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.fired VALUES (current_user);
+                 BEGIN
+                     ALTER ROLE app_owner SUPERUSER;
+                 EXCEPTION WHEN insufficient_privilege THEN NULL;
+                 END;
+                 RETURN OLD;
+             END $$;
+             CREATE TRIGGER on_delete AFTER DELETE ON session_ext.user_sessions
+                 FOR EACH ROW EXECUTE FUNCTION public.on_delete();",
+        )
+        .unwrap();
+    let (expired, _) = session(&mut client, true);
+    assert!(eventually(Duration::from_secs(5), || !exists(&mut client, expired)), "the worker cleaned");
+    let fired: Vec<String> =
+        client.query("SELECT who FROM public.fired", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(fired, ["app_owner"], "the trigger ran as the table's owner");
+    let superuser: bool =
+        client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app_owner'", &[]).unwrap().get(0);
+    assert!(!superuser, "the owner stays unprivileged");
+}
+
 #[test]
 fn no_free_worker_slot_is_one_warning_with_a_hint() {
     // The launcher takes the only slot (logical replication's launcher, registered first, is

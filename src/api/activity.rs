@@ -5,29 +5,40 @@
 //! index entries when it needs them): no plan, no second index probe. Neither column is in any
 //! index (sql/session_ext--0.5.0--0.6.0.sql), so PostgreSQL makes the write a HOT update whenever
 //! the row's page has room, which the table's fillfactor keeps.
+//!
+//! The write is optional, and a request never waits for it: the row is locked first as
+//! `SELECT ... FOR NO KEY UPDATE SKIP LOCKED` locks it (`heap_lock_tuple` with `LockWaitSkip`), and
+//! a row another transaction holds (another request recording the same activity, a data update
+//! left open) is left to it or to the next request.
 
 use super::aal::Level;
 use super::lookup::{self, Due, Live};
 use crate::internals::untrapped::NewEntries;
 use crate::schema::column;
-use pgrx::{pg_sys, IntoDatum, PgSqlErrorCode};
+use pgrx::{pg_sys, IntoDatum};
 use std::mem::MaybeUninit;
+
+/// The columns the activity write sets.
+const WRITTEN: [usize; 2] = [column::LAST_ACTIVE_AT, column::VALID_UNTIL];
 
 /// What came of the write.
 pub enum Written {
     /// The session as the new version of its row has it.
     Done(Live),
-    /// Another transaction changed or deleted the row first (read committed): it recorded the
-    /// activity, or ended the session.
+    /// Another transaction changed or deleted the row first, and this one sees each statement's
+    /// changes (read committed): it recorded the activity, or ended the session; a fresh look
+    /// tells which.
     Raced,
+    /// Not written: another transaction holds the row, or (repeatable read, serializable)
+    /// changed it after this one's snapshot, which still shows the session as found.
+    Skipped,
     /// The table needs the executor for this write (a trigger, a rule, row security, a CHECK
     /// constraint someone added, the owner's UPDATE privilege limited to columns).
     ByExecutor,
 }
 
-/// Writes the activity of the session `due` is the row of. Raises 40001 when another
-/// transaction changed or deleted the row after this one's snapshot in a repeatable read or
-/// serializable transaction, as an UPDATE does; refused with 25006 in a read-only transaction.
+/// Writes the activity of the session `due` is the row of, unless another transaction holds the
+/// row; refused with 25006 in a read-only transaction.
 pub fn write(due: Due) -> Written {
     // As the executor locks a table it updates; the row type, as the lookup locks it.
     let relations = crate::cache::locked(|r| {
@@ -69,7 +80,7 @@ pub fn write(due: Due) -> Written {
         let written = match outcome {
             Outcome::Updated { found, entries, version } => {
                 if entries != NewEntries::None {
-                    crate::rows::as_result_relation(relation, |info, estate| {
+                    crate::rows::as_result_relation(relation, &WRITTEN, |info, estate| {
                         let slot =
                             pg_sys::MakeSingleTupleTableSlot((*relation).rd_att, &pg_sys::TTSOpsHeapTuple);
                         pg_sys::ExecStoreHeapTuple(version, slot, false);
@@ -103,25 +114,20 @@ enum Outcome {
     NotUpdated(pg_sys::TM_Result::Type),
 }
 
-/// What an UPDATE does when `heap_update` finds the row changed since the snapshot
-/// (`ExecUpdate`): under read committed it would look again (here the caller does), under
-/// repeatable read and serializable it raises a serialization failure.
+/// What comes of a row that could not be locked for the write (`heap_lock_tuple`'s answer):
+/// under read committed a changed row is looked at again (here the caller does), as the executor
+/// would follow its update chain; a row held by another transaction, and under repeatable read
+/// and serializable a row changed since the snapshot, are not written.
 fn not_updated(result: pg_sys::TM_Result::Type) -> Written {
     use pg_sys::TM_Result as Tm;
     // SAFETY: reads a backend-global setting.
     let snapshot_per_transaction = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
     match result {
-        Tm::TM_Updated | Tm::TM_Deleted if snapshot_per_transaction => {
-            let what = if result == Tm::TM_Updated { "update" } else { "delete" };
-            pgrx::ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                format!("could not serialize access due to concurrent {what}")
-            );
-        }
+        Tm::TM_WouldBlock => Written::Skipped,
+        Tm::TM_Updated | Tm::TM_Deleted if snapshot_per_transaction => Written::Skipped,
         // Changed by another transaction, or by this one since its snapshot.
         Tm::TM_Updated | Tm::TM_Deleted | Tm::TM_SelfModified => Written::Raced,
-        _ => pgrx::error!("attempted to update invisible tuple"),
+        _ => pgrx::error!("attempted to lock invisible tuple"),
     }
 }
 
@@ -158,6 +164,11 @@ unsafe fn update(
         );
         let mut tid = due.tid;
         let mut failure = MaybeUninit::<pg_sys::TM_FailureData>::uninit();
+        let locked = lock_row_unless_held(relation, tid, failure.as_mut_ptr());
+        if locked != pg_sys::TM_Result::TM_Ok {
+            return Outcome::NotUpdated(locked);
+        }
+        // The row is this transaction's now: the update does not wait.
         let (result, entries) = update_row(relation, &mut tid, version, failure.as_mut_ptr());
         if result != pg_sys::TM_Result::TM_Ok {
             return Outcome::NotUpdated(result);

@@ -31,7 +31,8 @@ fn is_session_active(session_id: Option<Uuid>) -> bool {
         on_session(session_id, "session_id", |client, id, scope| {
             let found =
                 ACTIVE_BY_ID.one(client, &[id.into()]).map(|row| (row.col::<Uuid>(1), row.col::<bool>(2)));
-            Ok(matches!(found, Some((Some(owner), Some(true))) if scope.covers(owner)))
+            Ok(matches!(found, Some((Some(owner), Some(true))) if scope.covers(owner))
+                && !lookup::revoked_meanwhile(id))
         })
     })
 }
@@ -80,13 +81,16 @@ fn touch_session(session_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
     })
 }
 
-// Re-checks staleness so that concurrent validations of one session write once.
+// Re-checks staleness so that concurrent validations of one session write once; a row another
+// transaction holds is skipped, never waited for (the write is optional).
 static TOUCH: Statement = Statement::new(
     concat!(
         "UPDATE session_ext.user_sessions s
             SET last_active_at = pg_catalog.now(),
                 valid_until = LEAST(s.expires_at, pg_catalog.now() + s.idle_timeout)
-          WHERE s.id = $1 AND s.last_active_at < pg_catalog.now() - $2 AND ",
+          WHERE s.ctid = ANY (ARRAY(SELECT h.ctid FROM session_ext.user_sessions h WHERE h.id = $1
+                                       FOR NO KEY UPDATE SKIP LOCKED))
+            AND s.last_active_at < pg_catalog.now() - $2 AND ",
         active!(),
         " RETURNING ",
         session_info_row!()
@@ -179,6 +183,7 @@ pub(super) fn record_activity(mut live: Live, key: Key<'_>) -> Option<SessionInf
             // session is gone), or another write (cleanup moving cleanup_after, a data update:
             // the activity is still due). A fresh look tells which.
             Written::Raced => live = lookup::live(key, activity_due(true))?,
+            Written::Skipped => return Some(SessionInfo(live.info)),
             Written::ByExecutor => return by_executor(live, key),
         }
     }
@@ -191,7 +196,7 @@ fn by_executor(live: Live, key: Key<'_>) -> Option<SessionInfo> {
         TOUCH.one(client, &[live.id.into(), settings::touch_interval().into()]).and_then(|row| row.varlena(1))
     });
     // Matching nothing means another transaction wrote first (the executor's recheck found the
-    // activity recorded, or the session ended). A fresh look tells which.
+    // activity recorded, or the session ended), or holds the row. A fresh look tells which.
     match touched {
         Some(info) => Some(SessionInfo(info)),
         None => lookup::live(key, None).map(|live| SessionInfo(live.info)),
@@ -302,6 +307,33 @@ mod tests {
         Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
         let by_new_index = "SELECT count(*) FROM session_ext.user_sessions WHERE last_active_at = now()";
         assert_eq!(count(by_new_index), 1, "by the index on the changed column");
+    }
+
+    /// A write that is not HOT tells each index whether the new version's key is unchanged, as
+    /// `ExecUpdate` tells it from the columns the UPDATE sets: changed for an index on
+    /// last_active_at, unchanged for one on user_id. The same UPDATE through the executor gives the
+    /// same hints.
+    #[pg_test]
+    fn an_activity_write_that_is_not_hot_hints_each_index_as_exec_update_does() {
+        crate::testing::hints::create_access_method();
+        Spi::run(
+            "CREATE INDEX hint_active ON session_ext.user_sessions USING hint_hash (last_active_at);
+             CREATE INDEX hint_user ON session_ext.user_sessions USING hint_hash (user_id);",
+        )
+        .unwrap();
+        let (id, token) = create(ALICE, ", idle_timeout => '1h'");
+        let expected =
+            vec![("session_ext.hint_active".to_string(), false), ("session_ext.hint_user".to_string(), true)];
+        let sorted = |mut hints: Vec<(String, bool)>| {
+            hints.sort();
+            hints
+        };
+        set(&id, "last_active_at = now() - interval '2 min'");
+        crate::testing::hints::take();
+        assert!(validates(&token, "NULL"));
+        assert_eq!(sorted(crate::testing::hints::take()), expected, "the direct write");
+        set(&id, "last_active_at = now() - interval '3 min', valid_until = now() + interval '1h'");
+        assert_eq!(sorted(crate::testing::hints::take()), expected, "ExecUpdate");
     }
 
     /// As the executor refuses an UPDATE of a table that publishes updates without a replica

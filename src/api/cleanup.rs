@@ -265,9 +265,6 @@ unsafe fn pick(
     use pg_sys::{BTGreaterStrategyNumber as GREATER, BTLessEqualStrategyNumber as AT_MOST};
     // SAFETY: the caller's contract. The scan keys, and the id they point to, outlive the scan.
     unsafe {
-        // Locked by `Pass::walk`.
-        let table = table_open(walk.table, pg_sys::NoLock as _);
-        let index = index_open(walk.index, pg_sys::NoLock as _);
         let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         let mut row: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         ScanKeyInit(&mut keys[0], 1, AT_MOST as _, pg_sys::F_TIMESTAMPTZ_LE.into(), cutoff.into());
@@ -309,44 +306,35 @@ unsafe fn pick(
             keys[1].sk_argument = pg_sys::Datum::from(row.as_mut_ptr());
             nkeys = 2;
         }
-        // A snapshot taken now, after this transaction's earlier commands, as a statement of a
-        // VOLATILE function takes one.
-        CommandCounterIncrement();
-        let snapshot = RegisterSnapshot(GetTransactionSnapshot());
-        let scan = begin_index_scan(table, index, snapshot, nkeys);
-        index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
-        let slot = table_slot_create(table, std::ptr::null_mut());
-        let value = |column: usize| *(*slot).tts_values.add(column - 1);
-        let mut count = 0;
-        while count < batch && index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            count += 1;
-            let own_moment = walk.own_moment_column.map(|column| {
-                slot_getsomeattrs_int(slot, column as _);
-                value(column).value() as i64
-            });
-            if own_moment.is_some_and(|moment| moment > cutoff) {
-                picked.not_yet.push((*slot).tts_tid);
-            } else {
-                picked.over.push((*slot).tts_tid);
+        // Both relations are locked by `Pass::walk`.
+        index_scan(walk.table, walk.index, &mut keys, nkeys, ScanSnapshot::Statement, |scan, slot| {
+            let value = |column: usize| *(*slot).tts_values.add(column - 1);
+            let mut count = 0;
+            while count < batch && index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+            {
+                count += 1;
+                let own_moment = walk.own_moment_column.map(|column| {
+                    slot_getsomeattrs_int(slot, column as _);
+                    value(column).value() as i64
+                });
+                if own_moment.is_some_and(|moment| moment > cutoff) {
+                    picked.not_yet.push((*slot).tts_tid);
+                } else {
+                    picked.over.push((*slot).tts_tid);
+                }
             }
-        }
-        // A full batch leaves its last row in the slot.
-        let last = (count == batch).then(|| {
-            slot_getsomeattrs_int(slot, walk.moment_column as _);
-            let id = value(1);
-            let id = if walk.uuid_ids {
-                Id::Uuid(*(id.cast_mut_ptr::<[u8; 16]>()))
-            } else {
-                Id::Int(id.value() as i64)
-            };
-            (value(walk.moment_column).value() as i64, id)
-        });
-        ExecDropSingleTupleTableSlot(slot);
-        index_endscan(scan);
-        UnregisterSnapshot(snapshot);
-        index_close(index, pg_sys::NoLock as _);
-        table_close(table, pg_sys::NoLock as _);
-        last
+            // A full batch leaves its last row in the slot.
+            (count == batch).then(|| {
+                slot_getsomeattrs_int(slot, walk.moment_column as _);
+                let id = value(1);
+                let id = if walk.uuid_ids {
+                    Id::Uuid(*(id.cast_mut_ptr::<[u8; 16]>()))
+                } else {
+                    Id::Int(id.value() as i64)
+                };
+                (value(walk.moment_column).value() as i64, id)
+            })
+        })
     }
 }
 

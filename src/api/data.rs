@@ -24,10 +24,15 @@ static LOCK_AND_MEASURE: Statement = Statement::new(
     &[UUID, JSONB, BOOL],
 );
 
+// A data update is a use of the session, as a rotation is: it records activity, never moving it
+// back (so valid_until only grows, and cleanup_after stays at or before it). A validation that
+// finds the row held by this update leaves its own activity write to it.
 static UPDATE: Statement = Statement::new(
     "UPDATE session_ext.user_sessions s
         SET session_data = CASE WHEN $3 THEN s.session_data || $2 ELSE $2 END,
-            data_version = s.data_version + 1
+            data_version = s.data_version + 1,
+            last_active_at = GREATEST(s.last_active_at, pg_catalog.now()),
+            valid_until = LEAST(s.expires_at, GREATEST(s.last_active_at, pg_catalog.now()) + s.idle_timeout)
       WHERE s.id = $1
   RETURNING s.data_version",
     &[UUID, JSONB, BOOL],
@@ -35,7 +40,8 @@ static UPDATE: Statement = Statement::new(
 
 /// Merges `session_data` into the session's data (top-level keys; `merge => false` replaces it)
 /// and returns the new version. With `expected_version`, a session at any other version is
-/// refused with 40001. NULL for a session that does not exist or is no longer active.
+/// refused with 40001. NULL for a session that does not exist or is no longer active. Counts as
+/// activity: `last_active_at` moves to now, as a rotation moves it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn update_session_data(
     session_id: Option<Uuid>,

@@ -6,12 +6,11 @@
 //! rotation, the token it replaced still stands for the token it was rotated to, so that tabs
 //! and retries that raced the rotation converge on one token.
 
-use super::{active, Subject};
+use super::{active, lookup, Subject};
 use crate::db::{Columns, Statement, BYTEA, INTERVAL, UUID};
 use crate::settings;
 use crate::token::{self, TokenHash};
 use pgrx::datum::TimestampWithTimeZone;
-use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
@@ -21,8 +20,7 @@ macro_rules! family_of {
         concat!(
             "SELECT s.id, s.user_id, s.ip_address, s.session_id, s.expires_at, ",
             active!(),
-            ", s.rotated_at + $2 > pg_catalog.now(), s.token_hash, s.token_key, s.token_generation,
-               s.xmin, s.xmax
+            ", s.rotated_at + $2 > pg_catalog.now(), s.token_hash, s.token_key, s.token_generation
                FROM session_ext.user_sessions s WHERE ",
             $where
         )
@@ -42,11 +40,8 @@ pub struct Member {
     pub subject: Subject,
     pub session_id: String,
     pub expires_at: TimestampWithTimeZone,
-    /// Not revoked, not expired.
+    /// Not revoked (nor about to be, for a reuse found before), not expired.
     pub active: bool,
-    /// This transaction has written or locked the session's row (revoking it elsewhere would
-    /// wait for this transaction).
-    pub written_here: bool,
 }
 
 /// What a token that is no session's current one is.
@@ -95,18 +90,14 @@ pub fn recognize(client: &SpiClient<'_>, token: &str, hash: &TokenHash) -> Prese
 }
 
 fn read(row: &impl Columns) -> Family {
-    let own = |column: usize| {
-        // SAFETY: asks about this backend's own transaction and its subtransactions.
-        row.col::<pg_sys::TransactionId>(column)
-            .is_some_and(|xid| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid) })
-    };
+    let subject = Subject::from_row(row, 1);
+    let active = row.col::<bool>(6) == Some(true) && !lookup::revoked_meanwhile(subject.id);
     Family {
         member: Member {
-            subject: Subject::from_row(row, 1),
+            subject,
             session_id: row.col(4).expect("session_id is NOT NULL"),
             expires_at: row.col(5).expect("expires_at is NOT NULL"),
-            active: row.col::<bool>(6) == Some(true),
-            written_here: own(11) || own(12),
+            active,
         },
         within_grace: row.col::<bool>(7) == Some(true),
         token_hash: row.col(8).unwrap_or_default(),

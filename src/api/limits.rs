@@ -4,7 +4,7 @@
 
 use super::revoke::{revoke, revoking};
 use crate::db::{Columns, Statement, INT4, INT8, TEXT, UUID};
-use crate::errors::{ApiError, ApiResult};
+use crate::errors::{self, ApiError, ApiResult};
 use crate::settings::{MAX_CREATES_PER_MINUTE, MAX_SESSIONS_PER_USER};
 use crate::shmem::{self, Refusal};
 use pgrx::spi::SpiClient;
@@ -48,7 +48,9 @@ pub fn before_create(client: &SpiClient<'_>, user_id: Uuid) -> ApiResult<()> {
     if created < i64::from(per_minute) {
         return Ok(());
     }
-    pgrx::log!("session_ext: refused a session for user {user_id}: {created} created in the last minute");
+    errors::log(format!(
+        "session_ext: refused a session for user {user_id}: {created} created in the last minute"
+    ));
     // SAFETY: backend globals and the clock.
     let (database, role, at) = unsafe {
         (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetOuterUserId().to_u32(), pg_sys::GetCurrentTimestamp())

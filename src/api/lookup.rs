@@ -3,12 +3,18 @@
 //! no plan — one index probe and one heap fetch, under the snapshot a statement of a VOLATILE
 //! function would take. This is what lets `validate_session` and `current_session` keep up
 //! with the same lookups written as raw queries (SPEC §9).
+//!
+//! A session whose revocation for a token reuse is not yet in its row (queued for a worker, or
+//! parked while another transaction holds the row: `api::reuse`) is not active for any lookup.
+//! Nearly always that costs two atomic reads.
 
 use super::aal::Level;
 use crate::schema::{column, SESSION_INFO};
+use crate::shmem;
 use crate::token::TokenHash;
 use pgrx::{pg_sys, FromDatum, IntoDatum, Uuid};
-use std::mem::MaybeUninit;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 /// How a session is looked up: by its current token, or by its id.
 #[derive(Clone, Copy)]
@@ -111,7 +117,82 @@ pub fn live(key: Key<'_>, due_before: Option<pg_sys::TimestampTz>) -> Option<Liv
     // are kept until the end of the transaction, as the executor keeps them. An error raised
     // inside jumps back to the trap and leaves only plain values on the abandoned frames.
     let found = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| find(relations, probe, lapsed, due_before)) }?;
-    Some(found.into_live())
+    let live = found.into_live();
+    (!revoked_meanwhile(live.id)).then_some(live)
+}
+
+/// How many sessions this backend remembers having queued for revocation.
+const REMEMBERED: usize = 64;
+
+thread_local! {
+    /// Sessions this backend queued for revocation: the worker's revocation is committed after
+    /// this transaction's snapshot, which a repeatable read transaction keeps.
+    static QUEUED_HERE: RefCell<VecDeque<Uuid>> = const { RefCell::new(VecDeque::new()) };
+    /// The generation of the tables of pending revocations this backend last looked at, and
+    /// whether its database's table had rows then.
+    static PARKED: Cell<Option<(u64, bool)>> = const { Cell::new(None) };
+}
+
+/// Records that this backend queued the revocation of session `id`.
+pub fn remember_revoked(id: Uuid) {
+    QUEUED_HERE.with_borrow_mut(|queued| {
+        if queued.len() == REMEMBERED {
+            queued.pop_front();
+        }
+        queued.push_back(id);
+    });
+}
+
+/// Whether session `id` is revoked for a token reuse that its row does not show yet: queued
+/// (here or in shared memory) or parked in `session_ext.pending_revocations`.
+pub fn revoked_meanwhile(id: Uuid) -> bool {
+    // SAFETY: a backend global, set once connected.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    QUEUED_HERE.with_borrow(|queued| queued.contains(&id))
+        || shmem::revocation_queued(database, id)
+        || parked(database, id)
+}
+
+/// Whether a revocation of `id` is parked. The table is looked at again only when its
+/// generation changed (without preloading, nothing parks, and once per backend is enough).
+fn parked(database: u32, id: Uuid) -> bool {
+    let generation = shmem::pending_generation().unwrap_or(0);
+    let rows = match PARKED.get() {
+        Some((seen, rows)) if seen == generation => rows,
+        _ => {
+            let rows = pending_row(None);
+            if rows {
+                // Left from before the server started: the launcher retries them.
+                shmem::parked_rows_found(database);
+            }
+            PARKED.set(Some((generation, rows)));
+            rows
+        }
+    };
+    rows && pending_row(Some(id))
+}
+
+/// Whether `session_ext.pending_revocations` has a row for session `id` (with `None`, any row),
+/// as the latest snapshot shows it: a revocation parked after this transaction's snapshot counts.
+fn pending_row(id: Option<Uuid>) -> bool {
+    use crate::internals::untrapped::*;
+    let Some((table, index)) = crate::cache::pending() else { return false };
+    let mut key = [pg_sys::ScanKeyData::default()];
+    let nkeys = i32::from(id.is_some());
+    let value = id.map(|id| id.into_datum().expect("a uuid datum"));
+    // SAFETY: an index scan inside a transaction, both relations locked by `cache::pending`; the
+    // key's value outlives it.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            if let Some(value) = value {
+                let equal = pg_sys::Oid::from(pg_sys::F_UUID_EQ);
+                ScanKeyInit(&mut key[0], 1, pg_sys::BTEqualStrategyNumber as _, equal, value);
+            }
+            index_scan(table, index, &mut key, nkeys, ScanSnapshot::Latest, |scan, slot| {
+                index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+            })
+        })
+    }
 }
 
 impl Found {
@@ -152,25 +233,15 @@ unsafe fn find(
     due_before: Option<pg_sys::TimestampTz>,
 ) -> Option<Found> {
     use crate::internals::untrapped::*;
-    // SAFETY: the caller's contract.
+    // SAFETY: the caller's contract; both relations are locked by `live`.
     unsafe {
-        // Locked by `live_by_token`.
-        let table = table_open(relations.table, pg_sys::NoLock as _);
-        let index = index_open(probe.index, pg_sys::NoLock as _);
-        let mut scan_key = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
-        ScanKeyInit(
-            scan_key.as_mut_ptr(),
-            1,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(probe.equal),
-            probe.value,
-        );
-        CommandCounterIncrement();
-        let snapshot = RegisterSnapshot(GetTransactionSnapshot());
-        let scan = begin_index_scan(table, index, snapshot, 1);
-        index_rescan(scan, scan_key.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
-        let slot = table_slot_create(table, std::ptr::null_mut());
-        let found = if index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        let mut key = [pg_sys::ScanKeyData::default()];
+        let equal = pg_sys::Oid::from(probe.equal);
+        ScanKeyInit(&mut key[0], 1, pg_sys::BTEqualStrategyNumber as _, equal, probe.value);
+        index_scan(relations.table, probe.index, &mut key, 1, ScanSnapshot::Statement, |scan, slot| {
+            if !index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+                return None;
+            }
             let desc = (*slot).tts_tupleDescriptor;
             let natts = (*desc).natts;
             slot_getsomeattrs_int(slot, natts);
@@ -182,15 +253,7 @@ unsafe fn find(
                 }
                 found
             })
-        } else {
-            None
-        };
-        ExecDropSingleTupleTableSlot(slot);
-        index_endscan(scan);
-        UnregisterSnapshot(snapshot);
-        index_close(index, pg_sys::NoLock as _);
-        table_close(table, pg_sys::NoLock as _);
-        found
+        })
     }
 }
 

@@ -14,7 +14,7 @@ mod devices;
 mod family;
 mod limits;
 mod lookup;
-mod reuse;
+pub(crate) mod reuse;
 mod revoke;
 mod rotate;
 mod stats;

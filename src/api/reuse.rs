@@ -1,41 +1,45 @@
-//! A detected token reuse outlives the request that found it (SPEC §4 `rotate_session_token`).
+//! A detected token reuse outlives the request that found it (SPEC §4 `rotate_session_token`,
+//! §8), with no process of its own and no wait.
 //!
-//! PostgreSQL has no autonomous transactions, so the revocation, its audit rows and its
-//! notification are committed by a short-lived background worker in a transaction of its own,
-//! while the caller waits for it: when the call returns, the session is revoked for every
-//! connection, whatever becomes of the caller's transaction, and a crash afterwards loses
-//! nothing. The worker is registered on demand, so this needs no preloading. Its request travels
-//! in its registration (so it acts even if the caller is cancelled before it starts); its answer
-//! comes back through a dynamic shared memory segment, as parallel query's workers answer.
+//! The call that finds an earlier token of an active session queues the session's revocation in
+//! shared memory, revokes the session in its own transaction too unless another transaction holds
+//! the row, and returns: it waits for nothing. From then on every lookup, in every backend, treats
+//! the session as revoked (`lookup::revoked_meanwhile`).
+//! The launcher wakes and runs its worker in that database (the worker that also cleans: the
+//! extension's processes are the launcher and at most one worker, whatever callers do), which
+//! revokes the session in a transaction of its own as the table's owner, with the caller as the
+//! events' actor: whatever the presenting transaction does afterwards (commits, rolls back, is
+//! cancelled, stays open for an hour) the revocation stands; when the presenting transaction
+//! committed its own first, the worker finds nothing left to do. A row another transaction holds
+//! (a request writing to the session, a data update left open, the presenting transaction itself)
+//! or that the presenting transaction created and has not committed is never waited for: the
+//! revocation is parked in `session_ext.pending_revocations`, which lookups honour too, and a
+//! later run (every second while any is parked) applies it once the row is free.
 //!
-//! When the caller cannot wait for it — its own transaction has written or locked the session's
-//! row, so the worker would wait for the caller that waits for it; the row stayed locked by
-//! another transaction past the worker's 1 s `lock_timeout` — the caller revokes in its own
-//! transaction, and a second worker, which the caller does not wait for, waits for the end of that
-//! transaction (up to 10 minutes, before it takes any lock) and revokes again if it rolled back.
-//! Only without a free worker slot (a WARNING says so) does the revocation live or die with the
-//! caller's transaction. A hot standby writes nothing.
+//! A server crash loses the revocations still queued: those found in the milliseconds before the
+//! worker took them (or while no worker could start); parked ones are in a table. Without
+//! session_ext preloaded there is no queue and no worker: the presenting call revokes in its own
+//! transaction (waiting for the row as an UPDATE does), which keeps the revocation only if it
+//! commits, and a read-only transaction cannot revoke. A hot standby never writes.
 
 use super::family::Member;
-use super::revoke;
-use crate::background;
+use super::{active, lookup, revoke};
+use crate::background::{catching, in_transaction};
+use crate::db::{Columns, Statement, BOOL, INT8, TEXT, TIMESTAMPTZ, UUID};
 use crate::definer;
-use crate::events::{self, Event};
-use crate::settings;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
-use pgrx::pg_sys::panic::ErrorReport;
+use crate::errors;
+use crate::events::{self, Event, Recorder};
+use crate::shmem::{self, Queued, Revocation};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{pg_sys, PgSqlErrorCode, Uuid};
 use serde_json::json;
-use std::ffi::CString;
-use std::sync::atomic::{AtomicU8, Ordering};
 
-/// An earlier token of `member`'s session was presented: an active session is revoked (reason
-/// `token_reuse`, a `token_reuse` and a `revoke` audit row, a notification); for a session that
-/// already ended, the `token_reuse` event is recorded in the caller's transaction.
+/// An earlier token of `member`'s session was presented: an active session's revocation (reason
+/// `token_reuse`, a `token_reuse` and a `revoke` audit row, a notification) is queued for the
+/// worker; for a session that already ended, the `token_reuse` event is recorded in the caller's
+/// transaction.
 pub fn presented_again(client: &SpiClient<'_>, member: &Member) {
     let id = member.subject.id;
     // SAFETY: reads shared recovery state and a backend-global flag.
@@ -46,263 +50,238 @@ pub fn presented_again(client: &SpiClient<'_>, member: &Member) {
         }
         return;
     }
-    pgrx::log!("session_ext: an earlier token of session {id} was presented again");
+    errors::log(format!("session_ext: an earlier token of session {id} was presented again"));
     if standby {
         return;
     }
-    let request = Request::of(id);
-    if !member.written_here {
-        match request.run_and_wait() {
-            Ok(()) => return,
-            Err(Failure::NoSlot) => {
-                warn_no_slot();
-                if !read_only {
-                    revoke::token_reused(client, id);
-                }
-                return;
+    let recorder = Recorder::current();
+    match shmem::push_revocation(detected(id, &recorder)) {
+        // This transaction revokes it too, unless another one holds the row, so that it sees the
+        // session revoked in the row itself: if it commits, the worker finds nothing left to do.
+        Queued::Yes => {
+            lookup::remember_revoked(id);
+            if !read_only {
+                revoke::token_reused(client, id, &recorder, true);
             }
-            Err(Failure::NotCommitted) => {}
         }
-    }
-    if !read_only {
-        revoke::token_reused(client, id);
-    }
-    // If this transaction rolls back, the revocation it made goes with it: a worker waits for
-    // the transaction's end and makes it again. (Revoking, or having written the row, gave the
-    // transaction an id.)
-    // SAFETY: reads this backend's transaction state.
-    let caller = unsafe { pg_sys::GetTopTransactionIdIfAny() };
-    if caller != pg_sys::InvalidTransactionId
-        && (Request { after_caller: caller, ..request }).start(None).is_err()
-    {
-        warn_no_slot();
-    }
-}
-
-fn warn_no_slot() {
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-        "session_ext could not start a worker to revoke a session whose token was reused: no background worker slot is free",
-        "session_ext reuse detection",
-    )
-    .set_detail("The session is revoked in the calling transaction, and stays active if that transaction rolls back.")
-    .set_hint("Raise max_worker_processes (it takes a restart); parallel queries and other extensions share its slots.")
-    .report(PgLogLevel::WARNING);
-}
-
-/// Why a worker did not revoke for the caller.
-enum Failure {
-    NoSlot,
-    NotCommitted,
-}
-
-/// What the worker is asked to do. The two OIDs travel in its argument, the rest in its
-/// `bgw_extra` (at most 127 bytes): the session and actor ids in base64, flags, the reply
-/// segment in hex, and the notification channel, which a NAMEDATALEN name keeps under 64 bytes.
-#[derive(Debug, Clone, PartialEq)]
-struct Request {
-    database: pg_sys::Oid,
-    /// The role that called the API function, recorded as the events' actor.
-    role: pg_sys::Oid,
-    session: Uuid,
-    /// The caller's user id from its JWT claims, recorded as the events' actor user.
-    actor: Option<Uuid>,
-    /// The caller's `session_ext.audit` and `session_ext.notify_channel`.
-    audit: bool,
-    channel: String,
-    /// The caller does not wait for the worker: the worker waits for the end of the caller's
-    /// transaction (this id), before it takes any lock of its own. Invalid when the caller waits.
-    after_caller: pg_sys::TransactionId,
-}
-
-const UUID_CHARS: usize = 22;
-const NO_ACTOR: &str = "----------------------";
-
-impl Request {
-    fn of(session: Uuid) -> Request {
-        Request {
-            // SAFETY: a backend global, set once connected.
-            database: unsafe { pg_sys::MyDatabaseId },
-            role: definer::caller(),
-            session,
-            actor: crate::identity::actor().1,
-            audit: settings::AUDIT.get(),
-            channel: settings::notify_channel().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
-            after_caller: pg_sys::InvalidTransactionId,
-        }
-    }
-
-    fn argument(&self) -> pg_sys::Datum {
-        pg_sys::Datum::from((self.database.to_u32() as usize) << 32 | self.role.to_u32() as usize)
-    }
-
-    fn extra(&self, reply: pg_sys::dsm_handle) -> String {
-        let actor = self.actor.map_or_else(|| NO_ACTOR.to_string(), |a| URL_SAFE_NO_PAD.encode(a.as_bytes()));
-        let session = URL_SAFE_NO_PAD.encode(self.session.as_bytes());
-        let (audit, caller) = (u8::from(self.audit), self.after_caller.into_inner());
-        format!("{session}{actor}{audit}{reply:08x}{caller:08x}{}", self.channel)
-    }
-
-    fn parse(argument: pg_sys::Datum, extra: &str) -> Option<(Request, pg_sys::dsm_handle)> {
-        let uuid = |text: &str| {
-            let bytes: [u8; 16] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
-            Some(Uuid::from_bytes(bytes))
-        };
-        let packed = argument.value();
-        let hex = |at: usize| u32::from_str_radix(extra.get(at..at + 8)?, 16).ok();
-        let audit = extra.get(2 * UUID_CHARS..2 * UUID_CHARS + 1)? == "1";
-        let (reply_at, caller_at) = (2 * UUID_CHARS + 1, 2 * UUID_CHARS + 9);
-        let actor = extra.get(UUID_CHARS..2 * UUID_CHARS)?;
-        let request = Request {
-            database: pg_sys::Oid::from((packed >> 32) as u32),
-            role: pg_sys::Oid::from(packed as u32),
-            session: uuid(extra.get(..UUID_CHARS)?)?,
-            actor: if actor == NO_ACTOR { None } else { Some(uuid(actor)?) },
-            audit,
-            after_caller: pg_sys::TransactionId::from_inner(hex(caller_at)?),
-            channel: extra.get(caller_at + 8..)?.to_string(),
-        };
-        let reply = hex(reply_at)?;
-        Some((request, reply))
-    }
-
-    /// Registers a worker for this request, with `reply` to answer in.
-    fn start(
-        &self,
-        reply: Option<pg_sys::dsm_handle>,
-    ) -> Result<pgrx::bgworkers::DynamicBackgroundWorker, Failure> {
-        BackgroundWorkerBuilder::new("session_ext revoke")
-            .set_type("session_ext revoke")
-            .set_library("session_ext")
-            .set_function("session_ext_reuse_worker")
-            .set_argument(Some(self.argument()))
-            .set_extra(&self.extra(reply.unwrap_or(0)))
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(None)
-            // SAFETY: reads a backend global.
-            .set_notify_pid(unsafe { pg_sys::MyProcPid })
-            .load_dynamic()
-            .map_err(|_| Failure::NoSlot)
-    }
-
-    /// Has a worker revoke the session and commit, and waits for it.
-    fn run_and_wait(&self) -> Result<(), Failure> {
-        // SAFETY: a segment for the answer, mapped until it is detached below (or, after an error,
-        // at the end of the transaction).
-        let segment =
-            unsafe { pg_sys::dsm_create(size_of::<AtomicU8>(), pg_sys::DSM_CREATE_NULL_IF_MAXSEGMENTS as _) };
-        if segment.is_null() {
-            return Err(Failure::NotCommitted);
-        }
-        // SAFETY: the segment just created, large enough for the answer.
-        let (answer, handle) = unsafe {
-            let answer = pg_sys::dsm_segment_address(segment).cast::<AtomicU8>();
-            answer.write(AtomicU8::new(PENDING));
-            (&*answer, pg_sys::dsm_segment_handle(segment))
-        };
-        let outcome = self.start(Some(handle)).map(|worker| {
-            // Interruptible: a cancelled caller leaves the worker to finish on its own.
-            let _ = worker.wait_for_shutdown();
-            answer.load(Ordering::Acquire)
-        });
-        // SAFETY: the segment created above; `answer` is not used after this.
-        unsafe { pg_sys::dsm_detach(segment) };
-        match outcome? {
-            COMMITTED => Ok(()),
-            _ => Err(Failure::NotCommitted),
+        queued => {
+            if queued == Queued::Full {
+                errors::warn(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    "session_ext could not queue the revocation of a session whose token was reused: the queue is full",
+                    "The session is revoked in the calling transaction, and stays active if that transaction rolls back.",
+                    "The launcher's worker empties the queue; check in session_stats() that the launcher runs and its runs succeed.",
+                );
+            }
+            if !read_only {
+                revoke::token_reused(client, id, &recorder, false);
+            }
         }
     }
 }
 
-const PENDING: u8 = 0;
-const COMMITTED: u8 = 1;
-const FAILED: u8 = 2;
-
-/// The worker: revokes the session of its request in a transaction of its own, as the role that
-/// called the API function, and answers whether it committed.
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn session_ext_reuse_worker(argument: pg_sys::Datum) {
-    let Some((request, reply)) = Request::parse(argument, BackgroundWorker::get_extra()) else {
-        log!("session_ext revoke worker: a malformed request");
-        return;
+/// The revocation of session `id`, found now by the call in progress.
+fn detected(id: Uuid, recorder: &Recorder) -> Revocation {
+    // SAFETY: backend globals, the clock, and this backend's transaction state.
+    let (database, detected_at, detected_by) = unsafe {
+        (
+            pg_sys::MyDatabaseId.to_u32(),
+            pg_sys::GetCurrentTimestamp(),
+            pg_sys::GetTopFullTransactionIdIfAny().value,
+        )
     };
-    background::connect(request.database, c"session_ext revoke");
-    let after_caller = request.after_caller != pg_sys::InvalidTransactionId;
-    // A caller that waits must not wait long: a row another transaction holds is revoked by
-    // the caller instead (and by a worker that waits for it).
-    background::set(c"lock_timeout", if after_caller { c"10min" } else { c"1s" });
-    background::set(c"session_ext.audit", if request.audit { c"on" } else { c"off" });
-    background::set(
-        c"session_ext.notify_channel",
-        &CString::new(request.channel.clone()).unwrap_or_default(),
+    let channel = recorder.channel.as_deref().unwrap_or_default();
+    let mut revocation = Revocation::new(database, id, &recorder.actor_role, channel);
+    revocation.actor_user = recorder.actor_user_id.map(|user| *user.as_bytes());
+    revocation.audit = recorder.audit;
+    revocation.detected_at = detected_at;
+    revocation.detected_by = detected_by;
+    revocation
+}
+
+impl Revocation {
+    /// Who the revocation's events are recorded for, as the presenting call recorded its own.
+    fn recorder(&self) -> Recorder {
+        let channel = self.channel();
+        Recorder {
+            actor_role: self.actor_role(),
+            actor_user_id: self.actor_user.map(Uuid::from_bytes),
+            audit: self.audit,
+            channel: (!channel.is_empty()).then_some(channel),
+        }
+    }
+}
+
+/// Most parked revocations one run retries.
+const RETRIES_PER_RUN: i64 = 1_000;
+
+static STATE: Statement = Statement::new(
+    concat!("SELECT ", active!(), " FROM session_ext.user_sessions s WHERE s.id = $1"),
+    &[UUID],
+);
+
+static PARK: Statement = Statement::new(
+    "INSERT INTO session_ext.pending_revocations
+          (id, detected_at, detected_by, actor_role, actor_user_id, audit, notify_channel)
+     VALUES ($1, $2, $3::pg_catalog.xid8, $4, $5, $6, $7)
+         ON CONFLICT (id) DO NOTHING",
+    &[UUID, TIMESTAMPTZ, TEXT, TEXT, UUID, BOOL, TEXT],
+);
+
+static PARKED: Statement = Statement::new(
+    "SELECT p.id, p.detected_at, p.detected_by::text, p.actor_role, p.actor_user_id, p.audit, p.notify_channel
+       FROM session_ext.pending_revocations p ORDER BY p.detected_at LIMIT $1",
+    &[INT8],
+);
+
+// Another run that retries the same row has it, or it is gone.
+static CLAIM: Statement = Statement::new(
+    "SELECT FROM session_ext.pending_revocations p WHERE p.id = $1 FOR UPDATE SKIP LOCKED",
+    &[UUID],
+);
+
+static UNPARK: Statement =
+    Statement::new("DELETE FROM session_ext.pending_revocations p WHERE p.id = $1", &[UUID]);
+
+static ANY_PARKED: Statement =
+    Statement::new("SELECT EXISTS (SELECT FROM session_ext.pending_revocations)", &[]);
+
+/// What applying a revocation came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The session is revoked now.
+    Revoked,
+    /// Nothing to do: the session ended meanwhile, or never existed for anyone else.
+    Moot,
+    /// Not yet: another transaction holds the row, or the presenting one, still open, may have
+    /// created it.
+    Held,
+}
+
+/// Revokes the session of `revocation` unless its row is held: never waits for a row lock.
+fn apply(client: &SpiClient<'_>, revocation: &Revocation) -> Outcome {
+    let id = revocation.session();
+    if revoke::token_reused(client, id, &revocation.recorder(), true) {
+        return Outcome::Revoked;
+    }
+    match STATE.one(client, &[id.into()]).map(|row| row.col::<bool>(1)) {
+        // Still active, so another transaction held the row.
+        Some(Some(true)) => Outcome::Held,
+        Some(_) => Outcome::Moot,
+        None if presenter_in_progress(revocation.detected_by) => Outcome::Held,
+        None => Outcome::Moot,
+    }
+}
+
+/// Whether the transaction that found the reuse (full transaction id `xid`, 0 for none) is still
+/// in progress, as PostgreSQL's own commit-status checks tell.
+fn presenter_in_progress(xid: u64) -> bool {
+    // SAFETY: asks the procarray about a transaction id; a full id's low 32 bits are the id.
+    xid != 0 && unsafe { pg_sys::TransactionIdIsInProgress(pg_sys::TransactionId::from_inner(xid as u32)) }
+}
+
+/// Parks `revocation` in the table of pending revocations; false when the objects predate it
+/// (before `ALTER EXTENSION ... UPDATE`), when it stays queued instead.
+fn park(client: &SpiClient<'_>, revocation: &Revocation) -> bool {
+    if crate::cache::pending().is_none() {
+        return false;
+    }
+    let detected_at = TimestampWithTimeZone::try_from(revocation.detected_at)
+        .expect("a timestamp from GetCurrentTimestamp");
+    let detected_by = (revocation.detected_by != 0).then(|| revocation.detected_by.to_string());
+    let recorder = revocation.recorder();
+    PARK.count(
+        client,
+        &[
+            revocation.session().into(),
+            detected_at.into(),
+            detected_by.into(),
+            recorder.actor_role.into(),
+            recorder.actor_user_id.into(),
+            recorder.audit.into(),
+            recorder.channel.unwrap_or_default().into(),
+        ],
     );
-    if let Some(user) = request.actor {
-        let claims = format!("{{\"sub\": \"{user}\"}}");
-        background::set(c"request.jwt.claims", &CString::new(claims).expect("no NUL in JSON"));
-    }
-    let committed = background::catching(|| {
-        background::in_transaction(|| {
-            // SAFETY: waits on a transaction id, holding no relation lock: waiting for the row
-            // with the table locked could close a deadlock through a third transaction that wants
-            // the table exclusively while the caller wants something of that transaction's. Then,
-            // as the caller ran: its role is the actor `definer` records.
-            unsafe {
-                if after_caller {
-                    pg_sys::XactLockTableWait(
-                        request.after_caller,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        pg_sys::XLTW_Oper::XLTW_None,
-                    );
-                }
-                pg_sys::SetUserIdAndSecContext(request.role, 0);
+    true
+}
+
+/// Applies the revocations queued for `database`, this worker's, each in a transaction of its own
+/// as the table's owner, then retries those parked in its table. Run by the worker.
+pub fn apply_in_background(database: u32) {
+    let queued = shmem::revocations_of(database);
+    let mut settled = Vec::with_capacity(queued.len());
+    let mut parked = false;
+    for revocation in &queued {
+        let outcome = in_background(|client| match apply(client, revocation) {
+            Outcome::Held => park(client, revocation).then_some(true),
+            _ => Some(false),
+        });
+        match outcome {
+            Ok(Some(now_parked)) => {
+                parked |= now_parked;
+                settled.push(revocation.session());
             }
-            definer::as_owner(|| Ok(Spi::connect(|client| revoke::token_reused(client, request.session))))
-        })
-    });
-    let answer = match committed {
-        Ok(_) => COMMITTED,
-        Err(message) => {
-            log!("session_ext could not revoke session {} for a token reuse: {message}", request.session);
-            FAILED
+            Ok(None) => {}
+            Err(message) => log!("session_ext could not revoke session {}: {message}", revocation.session()),
         }
-    };
-    if reply == 0 {
-        return;
     }
-    // SAFETY: the caller's answer segment; NULL once the caller has stopped waiting.
-    unsafe {
-        let segment = pg_sys::dsm_attach(reply);
-        if !segment.is_null() {
-            (*pg_sys::dsm_segment_address(segment).cast::<AtomicU8>()).store(answer, Ordering::Release);
-            pg_sys::dsm_detach(segment);
+    // Lookups find a parked revocation once the generation changed; only then it leaves the queue.
+    if parked {
+        shmem::parked_rows_changed(database, true);
+    }
+    shmem::settle_revocations(database, &settled);
+    retry_parked(database);
+}
+
+/// Retries the revocations parked in this database's table: each applied or moot one leaves it.
+fn retry_parked(database: u32) {
+    let listed = in_background(|client| {
+        if crate::cache::pending().is_none() {
+            return Vec::new();
         }
+        let mut parked = Vec::new();
+        PARKED.each(client, &[RETRIES_PER_RUN.into()], |row| parked.push(parked_row(row, database)));
+        parked
+    });
+    let listed = match listed {
+        Ok(listed) if !listed.is_empty() => listed,
+        Ok(_) => return,
+        Err(message) => return log!("session_ext could not read its pending revocations: {message}"),
+    };
+    for revocation in &listed {
+        let retried = in_background(|client| {
+            if CLAIM.one(client, &[revocation.session().into()]).is_some()
+                && apply(client, revocation) != Outcome::Held
+            {
+                UNPARK.count(client, &[revocation.session().into()]);
+            }
+        });
+        if let Err(message) = retried {
+            log!("session_ext could not revoke session {}: {message}", revocation.session());
+        }
+    }
+    let empty =
+        in_background(|client| ANY_PARKED.one(client, &[]).and_then(|row| row.col::<bool>(1)) == Some(false));
+    if empty == Ok(true) {
+        shmem::parked_rows_changed(database, false);
     }
 }
 
-#[cfg(test)]
-mod unit_tests {
-    use super::Request;
-    use pgrx::pg_sys::{self, Oid};
-    use pgrx::Uuid;
+/// A revocation as its parked row keeps it.
+fn parked_row(row: &impl Columns, database: u32) -> Revocation {
+    let id: Uuid = row.col(1).expect("id is NOT NULL");
+    let actor_role: String = row.col(4).expect("actor_role is NOT NULL");
+    let channel: String = row.col(7).unwrap_or_default();
+    let mut revocation = Revocation::new(database, id, &actor_role, &channel);
+    revocation.detected_at = row.col::<TimestampWithTimeZone>(2).map_or(0, |t| t.into_inner());
+    revocation.detected_by = row.col::<String>(3).and_then(|xid| xid.parse().ok()).unwrap_or(0);
+    revocation.actor_user = row.col::<Uuid>(5).map(|user| *user.as_bytes());
+    revocation.audit = row.col::<bool>(6).unwrap_or(true);
+    revocation
+}
 
-    #[test]
-    fn a_request_survives_its_registration_and_fits_bgw_extra() {
-        for (actor, channel) in [(Some(Uuid::from_bytes([7; 16])), "c".repeat(63)), (None, String::new())] {
-            let request = Request {
-                database: Oid::from(u32::MAX),
-                role: Oid::from(10),
-                session: Uuid::from_bytes([1; 16]),
-                actor,
-                audit: true,
-                channel,
-                after_caller: pg_sys::TransactionId::from_inner(u32::MAX),
-            };
-            let extra = request.extra(0xdead_beef);
-            assert!(extra.len() <= 127, "{} bytes", extra.len());
-            assert_eq!(Request::parse(request.argument(), &extra), Some((request, 0xdead_beef)));
-        }
-    }
+/// Runs `body` in a transaction of its own, as the table's owner (`definer::in_background`), with
+/// SPI connected; an error rolls the transaction back and comes back as its message.
+fn in_background<R>(body: impl FnOnce(&SpiClient<'_>) -> R) -> Result<R, String> {
+    catching(|| in_transaction(|| definer::in_background(|| Spi::connect(|client| body(client)))))
 }

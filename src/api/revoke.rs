@@ -5,7 +5,7 @@
 use super::{active, args, on_own_session, target_user, Subject};
 use crate::db::{Columns, Statement, TEXT, UUID};
 use crate::definer;
-use crate::events::{self, Event};
+use crate::events::{self, Event, Recorder};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -28,6 +28,14 @@ macro_rules! revoking {
 pub(crate) use revoking;
 
 static REVOKE_ONE: Statement = Statement::new(revoking!("s.id = $2"), &[TEXT, UUID]);
+/// As REVOKE_ONE, but a row another transaction holds is left alone instead of waited for.
+static REVOKE_ONE_UNLESS_HELD: Statement = Statement::new(
+    revoking!(
+        "s.ctid = ANY (ARRAY(SELECT h.ctid FROM session_ext.user_sessions h WHERE h.id = $2
+                               FOR NO KEY UPDATE SKIP LOCKED))"
+    ),
+    &[TEXT, UUID],
+);
 static REVOKE_ALL: Statement = Statement::new(revoking!("s.user_id = $2"), &[TEXT, UUID]);
 static REVOKE_OTHERS: Statement =
     Statement::new(revoking!("s.user_id = $2 AND s.id <> $3"), &[TEXT, UUID, UUID]);
@@ -53,14 +61,16 @@ pub fn revoke_user(client: &SpiClient<'_>, user: Uuid, reason: &str) -> i64 {
 }
 
 /// An earlier token of session `id` came back (`api::reuse`): the session, if still active, is
-/// revoked with reason `token_reuse`, recorded as a `token_reuse` and a `revoke` event.
-/// Returns whether it was active.
-pub fn token_reused(client: &SpiClient<'_>, id: Uuid) -> bool {
+/// revoked with reason `token_reuse`, recorded by `recorder` as a `token_reuse` and a `revoke`
+/// event. With `unless_held`, a row another transaction holds is not waited for (and not revoked).
+/// Returns whether it revoked the session.
+pub fn token_reused(client: &SpiClient<'_>, id: Uuid, recorder: &Recorder, unless_held: bool) -> bool {
     let reason = "token_reuse";
-    let revoked = REVOKE_ONE.each(client, &[reason.into(), id.into()], |row| {
+    let statement = if unless_held { &REVOKE_ONE_UNLESS_HELD } else { &REVOKE_ONE };
+    let revoked = statement.each(client, &[reason.into(), id.into()], |row| {
         let subject = Subject::from_row(row, 1);
-        events::record(client, Event::TokenReuse, Some(&subject), json!({}));
-        events::record(client, Event::Revoke, Some(&subject), json!({ "reason": reason }));
+        recorder.record(client, Event::TokenReuse, Some(&subject), json!({}));
+        recorder.record(client, Event::Revoke, Some(&subject), json!({ "reason": reason }));
     });
     revoked == 1
 }

@@ -17,6 +17,8 @@ static COUNTS: Statement = Statement::new(
     &[],
 );
 
+static PENDING: Statement = Statement::new("SELECT count(*) FROM session_ext.pending_revocations", &[]);
+
 static SETTINGS: Statement = Statement::new(
     "SELECT pg_catalog.jsonb_object_agg(pg_catalog.substr(name, 13), pg_catalog.current_setting(name) ORDER BY name)
        FROM pg_catalog.pg_settings WHERE name LIKE 'session\\_ext.%'",
@@ -28,15 +30,27 @@ static SETTINGS: Statement = Statement::new(
 fn session_stats() -> JsonB {
     definer::as_owner(|| {
         identity::require_admin("session_stats")?;
-        let (counts, settings) = Spi::connect(|client| {
+        let (counts, revocations, settings) = Spi::connect(|client| {
             let counts = COUNTS.one(client, &[]).expect("an aggregate returns a row");
             let count = |n| counts.col::<i64>(n).unwrap_or(0);
             let sessions = json!({ "active": count(1), "expired": count(2), "revoked": count(3) });
+            // Token reuses whose revocation a worker has not applied yet: queued (in every
+            // database), and parked here while another transaction holds the row.
+            let parked = crate::cache::pending()
+                .and_then(|_| PENDING.one(client, &[]))
+                .and_then(|row| row.col::<i64>(1))
+                .unwrap_or(0);
+            let revocations = json!({ "queued": shmem::revocations_queued(), "parked": parked });
             let settings =
                 SETTINGS.one(client, &[]).and_then(|row| row.col::<JsonB>(1)).map_or(Value::Null, |j| j.0);
-            (sessions, settings)
+            (sessions, revocations, settings)
         });
-        Ok(JsonB(json!({ "sessions": counts, "worker": workers(), "settings": settings })))
+        Ok(JsonB(json!({
+            "sessions": counts,
+            "reuse_revocations": revocations,
+            "worker": workers(),
+            "settings": settings,
+        })))
     })
 }
 

@@ -10,27 +10,59 @@ use pgrx::pg_sys;
 /// The executor state's range table: one entry, `rte`, the result relation. This is how
 /// logical replication's apply worker sets up an insert (`create_edata_for_relation`): from 16
 /// on with the entry's permission info (which `ExecConstraints` reads when it reports a failed
-/// row), and from 18 on with the entry marked unpruned.
+/// row), and from 18 on with the entry marked unpruned. `updated` holds the attribute numbers an
+/// update sets, as the planner records them for `ExecUpdate` (the entry's `updatedCols`, in the
+/// permission info from 16 on): `ExecInsertIndexTuples` tells each index from them whether the
+/// new version's key is unchanged (`index_unchanged_by_update`).
 ///
 /// # Safety
 /// `estate` is a fresh executor state, its query memory context current; `rte` is a
 /// `RangeTblEntry` node allocated there.
-pub unsafe fn init_range_table(estate: *mut pg_sys::EState, rte: *mut pg_sys::RangeTblEntry) {
-    // SAFETY: the caller's contract; list cells and permission info are allocated in the
-    // current (executor) memory context.
+pub unsafe fn init_range_table(
+    estate: *mut pg_sys::EState,
+    rte: *mut pg_sys::RangeTblEntry,
+    updated: &[usize],
+) {
+    // SAFETY: the caller's contract; list cells, the column set and permission info are
+    // allocated in the current (executor) memory context.
     unsafe {
         let range_table = pg_sys::lappend(std::ptr::null_mut(), rte.cast());
+        let mut columns: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+        for &column in updated {
+            // Attribute sets are offset so that system attributes (negative numbers) fit.
+            columns =
+                pg_sys::bms_add_member(columns, column as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber);
+        }
         #[cfg(feature = "pg15")]
-        pg_sys::ExecInitRangeTable(estate, range_table);
+        {
+            (*rte).updatedCols = columns;
+            pg_sys::ExecInitRangeTable(estate, range_table);
+        }
         #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
         {
             let mut permission_infos: *mut pg_sys::List = std::ptr::null_mut();
-            pg_sys::addRTEPermissionInfo(&mut permission_infos, rte);
+            (*pg_sys::addRTEPermissionInfo(&mut permission_infos, rte)).updatedCols = columns;
             #[cfg(any(feature = "pg16", feature = "pg17"))]
             pg_sys::ExecInitRangeTable(estate, range_table, permission_infos);
             #[cfg(feature = "pg18")]
             pg_sys::ExecInitRangeTable(estate, range_table, permission_infos, pg_sys::bms_make_singleton(1));
         }
+    }
+}
+
+/// Whether a table with constraints `constraints` has generated columns: stored ones, and from 18
+/// on virtual ones (which `ExecConstraints` computes to check them).
+///
+/// # Safety
+/// `constraints` is a relation's `TupleConstr`.
+pub unsafe fn has_generated_columns(constraints: *const pg_sys::TupleConstr) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        let generated = (*constraints).has_generated_stored;
+        #[cfg(feature = "pg18")]
+        let generated = (*constraints).has_generated_stored || (*constraints).has_generated_virtual;
+        generated
     }
 }
 

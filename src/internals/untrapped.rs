@@ -44,6 +44,7 @@ untrapped! {
         argument: Datum,
     );
     fn GetTransactionSnapshot() -> Snapshot;
+    fn GetLatestSnapshot() -> Snapshot;
     fn RegisterSnapshot(snapshot: Snapshot) -> Snapshot;
     fn UnregisterSnapshot(snapshot: Snapshot);
     fn CommandCounterIncrement();
@@ -142,6 +143,17 @@ untrapped! {
         lockmode: *mut LockTupleMode::Type,
         update_indexes: *mut TU_UpdateIndexes::Type,
     ) -> TM_Result::Type;
+    fn heap_lock_tuple(
+        relation: Relation,
+        tuple: HeapTuple,
+        cid: CommandId,
+        mode: LockTupleMode::Type,
+        wait_policy: LockWaitPolicy::Type,
+        follow_updates: bool,
+        buffer: *mut Buffer,
+        tmfd: *mut TM_FailureData,
+    ) -> TM_Result::Type;
+    fn ReleaseBuffer(buffer: Buffer);
     fn pg_detoast_datum_copy(datum: *mut varlena) -> *mut varlena;
 }
 
@@ -166,6 +178,54 @@ pub unsafe fn begin_index_scan(
     }
 }
 
+/// The snapshot an index scan reads with, taken when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanSnapshot {
+    /// As a statement of a VOLATILE function takes one: after this transaction's earlier
+    /// commands (a command counter increment first).
+    Statement,
+    /// The latest committed state, whatever this transaction's own snapshot is.
+    Latest,
+}
+
+/// Runs `read` on a forward scan of `index` (an index of `table`) with the first `nkeys` of
+/// `keys`, under `snapshot`, with a slot for the table's rows; opens and registers what the scan
+/// needs, and closes and releases it all after, as PostgreSQL's own single-relation lookups do.
+///
+/// # Safety
+/// Inside a transaction and an error trap; both relations locked; `read` does not panic.
+pub unsafe fn index_scan<R>(
+    table: Oid,
+    index: Oid,
+    keys: &mut [ScanKeyData],
+    nkeys: c_int,
+    snapshot: ScanSnapshot,
+    read: impl FnOnce(IndexScanDesc, *mut TupleTableSlot) -> R,
+) -> R {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let table = table_open(table, NoLock as _);
+        let index = index_open(index, NoLock as _);
+        let snapshot = match snapshot {
+            ScanSnapshot::Statement => {
+                CommandCounterIncrement();
+                RegisterSnapshot(GetTransactionSnapshot())
+            }
+            ScanSnapshot::Latest => RegisterSnapshot(GetLatestSnapshot()),
+        };
+        let scan = begin_index_scan(table, index, snapshot, nkeys);
+        index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+        let slot = table_slot_create(table, std::ptr::null_mut());
+        let result = read(scan, slot);
+        ExecDropSingleTupleTableSlot(slot);
+        index_endscan(scan);
+        UnregisterSnapshot(snapshot);
+        index_close(index, NoLock as _);
+        table_close(table, NoLock as _);
+        result
+    }
+}
+
 /// Which index entries a row's new version needs after `update_row`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewEntries {
@@ -175,6 +235,40 @@ pub enum NewEntries {
     Summarizing,
     /// Every index's.
     All,
+}
+
+/// Locks the row version at `tid` for an update that changes no key column, unless another
+/// transaction holds it, as `SELECT ... FOR NO KEY UPDATE SKIP LOCKED` locks a row
+/// (`heapam_tuple_lock` with `LockWaitSkip`, not following updates): `TM_WouldBlock` for a held
+/// row, `TM_Updated` or `TM_Deleted` for one changed since.
+///
+/// # Safety
+/// As `heap_lock_tuple`: inside a transaction and an error trap, `relation` open and locked for
+/// writing.
+pub unsafe fn lock_row_unless_held(
+    relation: Relation,
+    tid: ItemPointerData,
+    tmfd: *mut TM_FailureData,
+) -> TM_Result::Type {
+    // SAFETY: the caller's contract; the buffer `heap_lock_tuple` pins is released.
+    unsafe {
+        let mut tuple = HeapTupleData { t_self: tid, ..Default::default() };
+        let mut buffer: Buffer = 0;
+        let result = heap_lock_tuple(
+            relation,
+            &mut tuple,
+            GetCurrentCommandId(true),
+            LockTupleMode::LockTupleNoKeyExclusive,
+            LockWaitPolicy::LockWaitSkip,
+            false,
+            &mut buffer,
+            tmfd,
+        );
+        if buffer != 0 {
+            ReleaseBuffer(buffer);
+        }
+        result
+    }
 }
 
 /// `heap_update` of the row at `otid` to `newtup`, waiting for a transaction that holds the row,
