@@ -12,6 +12,7 @@
 #   BENCH_CLIENTS  pgbench clients                 (default 2, one per core here)
 #   BENCH_MEDIUM   sessions of the main comparisons (default 1000000)
 #   BENCH_LARGE    sessions of the largest scale   (default 10000000)
+#   BENCH_CLEANUP_ROUNDS  rounds of the cleanup comparison (default 3)
 SESSION_EXT_PG_MAJORS="${1:-15}"
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -19,6 +20,7 @@ SECONDS_PER_ROUND="${BENCH_SECONDS:-10}"
 ROUNDS="${BENCH_ROUNDS:-7}"
 CLIENTS="${BENCH_CLIENTS:-2}"
 LARGE="${BENCH_LARGE:-10000000}"
+CLEANUP_ROUNDS="${BENCH_CLEANUP_ROUNDS:-3}"
 SMALL=10000
 MEDIUM="${BENCH_MEDIUM:-1000000}"
 PORT="${SESSION_EXT_BENCH_PORT:-28817}"
@@ -228,18 +230,32 @@ row "activity write: WAL bytes per write, vs plain UPDATE" \
 ROWS+=("| activity writes that are HOT updates (%), vs plain UPDATE | $(activity ext 3) | $(activity raw 3) | - | >= 90 | $(awk -v h="$(activity ext 3)" 'BEGIN { print (h >= 90) ? "yes" : "NO" }') |")
 
 say "cleanup of $MEDIUM expired sessions, each way under the same validation load"
-load medium 20000001 $((20000000 + MEDIUM)) true
-read -r idle_p50 idle_p99 < <(latency 10 500)
-echo "  validation latency, idle: p50 $idle_p50 ms, p99 $idle_p99 ms"
-read -r delete_rate delete_p50 delete_p99 < <(under_load "DELETE FROM session_ext.user_sessions WHERE cleanup_after <= now() AND valid_until <= now()")
-echo "  plain DELETE: $delete_rate rows/s; validation latency meanwhile: p50 $delete_p50 ms, p99 $delete_p99 ms"
-sql medium -c "VACUUM session_ext.user_sessions" >/dev/null
-load medium 30000001 $((30000000 + MEDIUM)) true
-read -r cleanup_rate busy_p50 busy_p99 < <(under_load "SELECT session_ext.cleanup_expired_sessions()")
-echo "  cleanup_expired_sessions: $cleanup_rate rows/s; validation latency meanwhile: p50 $busy_p50 ms, p99 $busy_p99 ms"
-row "cleanup_expired_sessions vs one plain DELETE (rows/s)" "$cleanup_rate" "$delete_rate" \
-    "$(ratio "$cleanup_rate" "$delete_rate")" ">=0.80"
-row "validation p99 during cleanup vs idle (ms)" "$busy_p99" "$idle_p99" "$(ratio "$busy_p99" "$idle_p99")" "<=2.00"
+# One p99 of one window scatters by several times on a shared VM: each figure is the median of
+# CLEANUP_ROUNDS rounds, each measuring idle latency, then a DELETE and the cleanup each under load,
+# on a backlog of its own.
+declare -A CLEANUP
+for round in $(seq 0 $((CLEANUP_ROUNDS - 1))); do
+    first=$((20000001 + 2 * round * MEDIUM))
+    load medium "$first" $((first + MEDIUM - 1)) true
+    read -r idle_p50 idle_p99 < <(latency 10 500)
+    echo "  validation latency, idle: p50 $idle_p50 ms, p99 $idle_p99 ms"
+    read -r delete_rate delete_p50 delete_p99 < <(under_load "DELETE FROM session_ext.user_sessions WHERE cleanup_after <= now() AND valid_until <= now()")
+    echo "  plain DELETE: $delete_rate rows/s; validation latency meanwhile: p50 $delete_p50 ms, p99 $delete_p99 ms"
+    sql medium -c "VACUUM session_ext.user_sessions" >/dev/null
+    load medium $((first + MEDIUM)) $((first + 2 * MEDIUM - 1)) true
+    read -r cleanup_rate busy_p50 busy_p99 < <(under_load "SELECT session_ext.cleanup_expired_sessions()")
+    echo "  cleanup_expired_sessions: $cleanup_rate rows/s; validation latency meanwhile: p50 $busy_p50 ms, p99 $busy_p99 ms"
+    sql medium -c "VACUUM session_ext.user_sessions" >/dev/null
+    CLEANUP[idle_p99]+="$idle_p99 "
+    CLEANUP[delete_rate]+="$delete_rate "
+    CLEANUP[cleanup_rate]+="$cleanup_rate "
+    CLEANUP[busy_p99]+="$busy_p99 "
+done
+cleanup_median() { printf '%s\n' ${CLEANUP[$1]} | median; }
+row "cleanup_expired_sessions vs one plain DELETE (rows/s)" "$(cleanup_median cleanup_rate)" "$(cleanup_median delete_rate)" \
+    "$(ratio "$(cleanup_median cleanup_rate)" "$(cleanup_median delete_rate)")" ">=0.80"
+row "validation p99 during cleanup vs idle (ms)" "$(cleanup_median busy_p99)" "$(cleanup_median idle_p99)" \
+    "$(ratio "$(cleanup_median busy_p99)" "$(cleanup_median idle_p99)")" "<=2.00"
 sql medium -c "VACUUM ANALYZE session_ext.user_sessions" >/dev/null
 
 say "validation at $SMALL, $MEDIUM and $LARGE sessions"
